@@ -1,0 +1,476 @@
+//! Typed Rust records, one per `.avsc` file in `schemas/avro/`.
+//!
+//! Field names and types mirror the Avro schemas exactly (the `.avsc` files are the source of
+//! truth; the round-trip tests in this crate fail when the two drift apart). Timestamps are
+//! milliseconds since the Unix epoch (`timestamp-millis`), optional fields are `["null", T]`
+//! unions with a `null` default, and enums carry a default symbol so that readers survive a new
+//! symbol being added.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A WGS84 position.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// Latitude in degrees, -90..90.
+    pub lat: f64,
+    /// Longitude in degrees, -180..180.
+    pub lon: f64,
+    /// Altitude above sea level in metres, if known.
+    #[serde(default)]
+    pub altitude_m: Option<f64>,
+    /// Horizontal accuracy radius in metres, if known.
+    #[serde(default)]
+    pub accuracy_m: Option<f64>,
+}
+
+impl Position {
+    /// A position with only latitude and longitude.
+    pub fn new(lat: f64, lon: f64) -> Self {
+        Self {
+            lat,
+            lon,
+            altitude_m: None,
+            accuracy_m: None,
+        }
+    }
+
+    /// Whether latitude and longitude are finite and in range.
+    pub fn is_valid(&self) -> bool {
+        self.lat.is_finite()
+            && self.lon.is_finite()
+            && (-90.0..=90.0).contains(&self.lat)
+            && (-180.0..=180.0).contains(&self.lon)
+    }
+}
+
+/// How serious an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    /// Informational.
+    Info,
+    /// Low.
+    Low,
+    /// Medium: the owner is told.
+    Medium,
+    /// High: owner and authorities are told.
+    High,
+    /// Critical: the fast lane.
+    Critical,
+}
+
+/// One reading from a vehicle. Topic `fleet.telemetry`, key = `vehicle_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryReading {
+    /// UUID of this reading, for de-duplication.
+    pub event_id: String,
+    /// Vehicle identifier; the Kafka key.
+    pub vehicle_id: String,
+    /// Device time of the reading, ms since the epoch.
+    pub event_time: i64,
+    /// Pipeline acceptance time, ms since the epoch.
+    pub ingest_time: i64,
+    /// Device send time, ms since the epoch, if known.
+    #[serde(default)]
+    pub sent_time: Option<i64>,
+    /// Where the vehicle was.
+    pub position: Position,
+    /// Ground speed, km/h.
+    #[serde(default)]
+    pub speed_kmh: Option<f64>,
+    /// Heading, degrees from true north.
+    #[serde(default)]
+    pub heading_deg: Option<f64>,
+    /// Cargo temperature, Celsius.
+    #[serde(default)]
+    pub cargo_temp_c: Option<f64>,
+    /// Cargo door open.
+    #[serde(default)]
+    pub door_open: Option<bool>,
+    /// Ignition on.
+    #[serde(default)]
+    pub ignition_on: Option<bool>,
+    /// Longitudinal acceleration, m/s^2.
+    #[serde(default)]
+    pub accel_mps2: Option<f64>,
+    /// Odometer, km.
+    #[serde(default)]
+    pub odometer_km: Option<f64>,
+    /// Battery voltage, V.
+    #[serde(default)]
+    pub battery_v: Option<f64>,
+    /// Camera recording.
+    #[serde(default)]
+    pub camera_active: Option<bool>,
+    /// Which door the reading came through (mqtt, http, loadtest, ...).
+    #[serde(default = "unknown")]
+    pub source: String,
+}
+
+fn unknown() -> String {
+    "unknown".to_owned()
+}
+
+/// Kind of emergency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EmergencyKind {
+    /// The driver pressed the panic button.
+    PanicButton,
+    /// The crash sensor fired.
+    Crash,
+    /// A critical anomaly escalated by the anomaly processor.
+    CriticalAnomaly,
+    /// Anything else.
+    Other,
+}
+
+/// An emergency on the fast lane. Topic `fleet.emergencies`, key = `vehicle_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmergencyEvent {
+    /// UUID, for de-duplication.
+    pub event_id: String,
+    /// Vehicle identifier; the Kafka key.
+    pub vehicle_id: String,
+    /// When it happened, ms since the epoch.
+    pub event_time: i64,
+    /// Pipeline acceptance time, ms since the epoch.
+    pub ingest_time: i64,
+    /// Device send time, ms since the epoch, if known.
+    #[serde(default)]
+    pub sent_time: Option<i64>,
+    /// What happened.
+    pub kind: EmergencyKind,
+    /// Reported severity.
+    pub severity: Severity,
+    /// Where, if known.
+    #[serde(default)]
+    pub position: Option<Position>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// For `CriticalAnomaly`: the anomaly's event id.
+    #[serde(default)]
+    pub source_anomaly_id: Option<String>,
+    /// Producing component.
+    #[serde(default = "unknown")]
+    pub source: String,
+}
+
+/// Which rule or detector produced an anomaly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AnomalyKind {
+    /// Cargo temperature out of range.
+    CargoTemperature,
+    /// Speed above the limit.
+    Overspeed,
+    /// Hard deceleration.
+    HarshBraking,
+    /// Impact.
+    Impact,
+    /// Device silent.
+    Offline,
+    /// Stopped where no stop was planned.
+    UnplannedStop,
+    /// Entered a geofence.
+    GeofenceEnter,
+    /// Left a geofence.
+    GeofenceExit,
+    /// Off the planned route.
+    RouteDeviation,
+    /// Statistical outlier.
+    Statistical,
+    /// Several anomalies together.
+    Correlated,
+    /// Anything else.
+    Other,
+}
+
+/// Anomaly transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AnomalyState {
+    /// The condition started.
+    Raised,
+    /// The condition ended.
+    Cleared,
+}
+
+/// A detector changed state for a vehicle. Topic `fleet.anomalies`, key = `vehicle_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// Deterministic UUID of this transition.
+    pub event_id: String,
+    /// Vehicle identifier; the Kafka key.
+    pub vehicle_id: String,
+    /// Event time of the triggering reading.
+    pub event_time: i64,
+    /// Emission time.
+    pub ingest_time: i64,
+    /// Send time of the triggering reading.
+    #[serde(default)]
+    pub sent_time: Option<i64>,
+    /// Rule or detector.
+    pub kind: AnomalyKind,
+    /// Raised or cleared.
+    pub state: AnomalyState,
+    /// Severity.
+    pub severity: Severity,
+    /// Observed value.
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// Threshold compared with.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Where, if known.
+    #[serde(default)]
+    pub position: Option<Position>,
+    /// Explanation.
+    #[serde(default)]
+    pub message: String,
+    /// Triggering reading's event id.
+    #[serde(default)]
+    pub trigger_event_id: Option<String>,
+}
+
+/// One vehicle's aggregates over one closed event-time window. Topic `fleet.telemetry-windows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowAggregate {
+    /// Deterministic UUID from vehicle and window bounds.
+    pub event_id: String,
+    /// Vehicle identifier; the Kafka key.
+    pub vehicle_id: String,
+    /// Inclusive window start.
+    pub window_start: i64,
+    /// Exclusive window end.
+    pub window_end: i64,
+    /// Event time of the last reading.
+    pub event_time: i64,
+    /// When the window was emitted.
+    pub ingest_time: i64,
+    /// Readings aggregated.
+    pub count: i64,
+    /// Mean speed, km/h.
+    #[serde(default)]
+    pub speed_avg_kmh: Option<f64>,
+    /// Max speed, km/h.
+    #[serde(default)]
+    pub speed_max_kmh: Option<f64>,
+    /// Min cargo temperature.
+    #[serde(default)]
+    pub cargo_temp_min_c: Option<f64>,
+    /// Mean cargo temperature.
+    #[serde(default)]
+    pub cargo_temp_avg_c: Option<f64>,
+    /// Max cargo temperature.
+    #[serde(default)]
+    pub cargo_temp_max_c: Option<f64>,
+    /// Distance travelled, metres.
+    #[serde(default)]
+    pub distance_m: f64,
+    /// Seconds moving.
+    #[serde(default)]
+    pub moving_s: f64,
+    /// Seconds stationary.
+    #[serde(default)]
+    pub idle_s: f64,
+    /// Earliest position.
+    #[serde(default)]
+    pub first_position: Option<Position>,
+    /// Latest position.
+    #[serde(default)]
+    pub last_position: Option<Position>,
+    /// Event time of the earliest reading.
+    pub first_event_time: i64,
+    /// Late readings for this window.
+    #[serde(default)]
+    pub late_records: i64,
+}
+
+/// Notification delivery channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Channel {
+    /// Written to the notifier's log.
+    Log,
+    /// HTTP webhook.
+    Webhook,
+    /// E-mail.
+    Email,
+    /// Text message.
+    Sms,
+}
+
+/// A message for a person or a system. Topic `fleet.notifications`, key = `recipient`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Deterministic UUID from source event and recipient.
+    pub event_id: String,
+    /// Recipient; the Kafka key.
+    pub recipient: String,
+    /// Delivery channel.
+    pub channel: Channel,
+    /// Vehicle concerned.
+    pub vehicle_id: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Short title.
+    pub subject: String,
+    /// Full text.
+    pub body: String,
+    /// Source event id.
+    pub source_event_id: String,
+    /// Source event kind, e.g. `emergency.PANIC_BUTTON`.
+    pub source_kind: String,
+    /// Source event time.
+    pub event_time: i64,
+    /// Creation time.
+    pub ingest_time: i64,
+    /// Device send time of the source event.
+    #[serde(default)]
+    pub sent_time: Option<i64>,
+}
+
+/// Command kind for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CommandKind {
+    /// Start recording.
+    StartCamera,
+    /// Stop recording.
+    StopCamera,
+    /// Sound the alarm.
+    SoundAlarm,
+    /// Lock the cargo door.
+    LockCargo,
+    /// Unlock the cargo door.
+    UnlockCargo,
+    /// Liveness check.
+    Ping,
+    /// Anything else.
+    Other,
+}
+
+/// A command for one vehicle. Topic `fleet.commands`, key = `vehicle_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCommand {
+    /// Command UUID.
+    pub event_id: String,
+    /// Target vehicle; the Kafka key.
+    pub vehicle_id: String,
+    /// The command.
+    pub command: CommandKind,
+    /// Parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// Cause's event time.
+    pub event_time: i64,
+    /// Issue time.
+    pub ingest_time: i64,
+    /// Not to be executed after this time.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+/// Delivery lifecycle step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryKind {
+    /// Created.
+    Created,
+    /// Assigned to a vehicle.
+    Assigned,
+    /// Picked up.
+    PickedUp,
+    /// On the way.
+    InTransit,
+    /// Arrived at the destination.
+    Arrived,
+    /// Delivered.
+    Delivered,
+    /// Failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Anything else.
+    Other,
+}
+
+/// A delivery update. Topic `fleet.deliveries`, key = `delivery_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryEvent {
+    /// UUID, for de-duplication.
+    pub event_id: String,
+    /// Delivery identifier; the Kafka key.
+    pub delivery_id: String,
+    /// Vehicle carrying it.
+    pub vehicle_id: String,
+    /// Reporting driver.
+    #[serde(default)]
+    pub driver_id: Option<String>,
+    /// Lifecycle step.
+    pub kind: DeliveryKind,
+    /// When it happened.
+    pub event_time: i64,
+    /// Acceptance time.
+    pub ingest_time: i64,
+    /// App send time.
+    #[serde(default)]
+    pub sent_time: Option<i64>,
+    /// Driver position.
+    #[serde(default)]
+    pub position: Option<Position>,
+    /// Destination.
+    #[serde(default)]
+    pub destination: Option<Position>,
+    /// Destination geofence radius, metres.
+    #[serde(default)]
+    pub destination_radius_m: Option<f64>,
+    /// Promised delivery time.
+    #[serde(default)]
+    pub promised_by: Option<i64>,
+    /// Driver's note.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A rejected input with its reason and original bytes. Topic `fleet.dlq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Deterministic UUID from the source position.
+    pub event_id: String,
+    /// Reason code (`decode_error`, `invalid_payload`, `late`, ...).
+    pub reason: String,
+    /// Human-readable detail.
+    #[serde(default)]
+    pub detail: String,
+    /// Rejecting component.
+    pub component: String,
+    /// `kafka`, `mqtt` or `http`.
+    #[serde(default)]
+    pub source_system: String,
+    /// Source topic or path.
+    pub source_topic: String,
+    /// Source partition.
+    #[serde(default)]
+    pub source_partition: Option<i32>,
+    /// Source offset.
+    #[serde(default)]
+    pub source_offset: Option<i64>,
+    /// Source key bytes.
+    #[serde(default, with = "apache_avro::serde::bytes_opt")]
+    pub source_key: Option<Vec<u8>>,
+    /// Original payload bytes.
+    #[serde(default, with = "apache_avro::serde::bytes_opt")]
+    pub original: Option<Vec<u8>>,
+    /// Input timestamp.
+    pub event_time: i64,
+    /// Dead-letter time.
+    pub ingest_time: i64,
+}
