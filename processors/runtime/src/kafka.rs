@@ -1,0 +1,208 @@
+//! Kafka clients (librdkafka through `rdkafka`, built with `cmake-build`) and topic provisioning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// How a producer is tuned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerProfile {
+    /// Batches for throughput (bulk telemetry): linger 5 ms, lz4.
+    Throughput,
+    /// Sends at once (emergencies, notifications): linger 0.
+    Latency,
+}
+
+/// Base client settings from the config (brokers, statistics, raw options last).
+fn base(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    c.set(
+        "statistics.interval.ms",
+        cfg.statistics_interval.as_millis().to_string(),
+    );
+    c
+}
+
+fn apply_options(c: &mut ClientConfig, cfg: &KafkaConfig) {
+    for (k, v) in &cfg.options {
+        c.set(k, v);
+    }
+}
+
+/// An idempotent producer with `acks=all`, tuned by `profile`.
+pub fn producer(cfg: &KafkaConfig, profile: ProducerProfile) -> Result<FutureProducer> {
+    let mut c = base(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("statistics.interval.ms", "0")
+        .set("message.timeout.ms", "300000");
+    match profile {
+        ProducerProfile::Throughput => {
+            c.set("linger.ms", "5")
+                .set("compression.type", "lz4")
+                .set("batch.num.messages", "10000");
+        }
+        ProducerProfile::Latency => {
+            c.set("linger.ms", "0");
+        }
+    }
+    apply_options(&mut c, cfg);
+    Ok(c.create()?)
+}
+
+/// Consumer context: rebalance and statistics callbacks feed metrics and readiness.
+#[derive(Debug)]
+pub struct FleetContext {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for FleetContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics.set_lag(topic, *partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for FleetContext {
+    fn post_rebalance(
+        &self,
+        _base_consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.metrics.set_assigned(tpl.count());
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.metrics.set_assigned(0);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // NoOffset just means nothing new was stored since the last commit.
+            if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
+                tracing::warn!(error = %e, "offset commit failed (will retry on the next commit)");
+            }
+        }
+    }
+}
+
+/// The consumer type every binary uses.
+pub type Consumer = StreamConsumer<FleetContext>;
+
+/// An at-least-once consumer: offsets are stored by the run loop only after the outputs they
+/// depend on are durable, and committed from the store every `auto.commit.interval.ms`.
+pub fn consumer(cfg: &KafkaConfig, group_id: &str, metrics: Arc<Metrics>) -> Result<Consumer> {
+    let mut c = base(cfg);
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &cfg.auto_offset_reset)
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    apply_options(&mut c, cfg);
+    Ok(c.create_with_context(FleetContext { metrics })?)
+}
+
+/// Partitions and configs of a topic to create.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Explicit topic configs (the local broker reports only configs given at creation).
+    pub configs: Vec<(&'static str, String)>,
+}
+
+impl TopicSpec {
+    /// A delete-policy topic with 7 days retention.
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            configs: vec![
+                ("cleanup.policy", "delete".into()),
+                ("retention.ms", (7 * 24 * 3600 * 1000_i64).to_string()),
+            ],
+        }
+    }
+}
+
+/// The default fleet topics with their partition counts (`fleet.telemetry` gets at least 12).
+pub fn fleet_topics(default_partitions: i32) -> Vec<TopicSpec> {
+    let p = default_partitions;
+    vec![
+        TopicSpec::new("fleet.telemetry", p.max(12)),
+        TopicSpec::new("fleet.emergencies", p),
+        TopicSpec::new("fleet.anomalies", p),
+        TopicSpec::new("fleet.telemetry-windows", p),
+        TopicSpec::new("fleet.notifications", p),
+        TopicSpec::new("fleet.commands", p),
+        TopicSpec::new("fleet.deliveries", p),
+        TopicSpec::new("fleet.vehicle-profiles", p),
+        TopicSpec::new("fleet.dlq", p),
+    ]
+}
+
+/// Creates the topics that do not exist yet; existing topics are left as they are.
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let mut c = base(cfg);
+    c.set("statistics.interval.ms", "0");
+    apply_options(&mut c, cfg);
+    let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            let mut nt = NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            );
+            for (k, v) in &t.configs {
+                nt = nt.set(k, v);
+            }
+            nt
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new, &opts).await?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = name, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::Config(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Prometheus metrics, liveness and readiness, served over HTTP.
+//!
+//! Metric names follow `fleet_<component>_<name>_<unit>`; counters get `_total` on export.
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `fleet_processor_records_total` | component, topic, outcome | inputs finished: `ok`, `dead_lettered` |
+//! | `fleet_processor_dead_letters_total` | component, reason | records sent to the DLQ |
+//! | `fleet_processor_outputs_total` | component, topic | records produced and acknowledged |
+//! | `fleet_processor_retries_total` | component, stage | transient failures retried (`decode`, `process`, `produce`) |
+//! | `fleet_processor_in_flight_records` | component | inputs whose outputs await acknowledgement |
+//! | `fleet_consumer_lag_records` | component, topic, partition | from librdkafka statistics |
+//! | `fleet_consumer_assigned_partitions` | component | partitions currently assigned |
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The metrics of one binary.
+#[derive(Debug)]
+pub struct Metrics {
+    component: &'static str,
+    registry: Registry,
+    records: Family<Labels, Counter>,
+    dead_letters: Family<Labels, Counter>,
+    outputs: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    in_flight: Family<Labels, Gauge>,
+    lag: Family<Labels, Gauge>,
+    assigned: Family<Labels, Gauge>,
+    /// Readiness inputs.
+    pub health: Health,
+}
+
+impl Metrics {
+    /// Metrics for `component` (the binary's name).
+    pub fn new(component: &'static str) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let records = Family::<Labels, Counter>::default();
+        let dead_letters = Family::<Labels, Counter>::default();
+        let outputs = Family::<Labels, Counter>::default();
+        let retries = Family::<Labels, Counter>::default();
+        let in_flight = Family::<Labels, Gauge>::default();
+        let lag = Family::<Labels, Gauge>::default();
+        let assigned = Family::<Labels, Gauge>::default();
+        registry.register(
+            "fleet_processor_records",
+            "Input records finished, by outcome",
+            records.clone(),
+        );
+        registry.register(
+            "fleet_processor_dead_letters",
+            "Records sent to the dead-letter topic, by reason",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "fleet_processor_outputs",
+            "Output records acknowledged by the broker",
+            outputs.clone(),
+        );
+        registry.register(
+            "fleet_processor_retries",
+            "Transient failures retried, by stage",
+            retries.clone(),
+        );
+        registry.register(
+            "fleet_processor_in_flight_records",
+            "Inputs whose outputs await broker acknowledgement",
+            in_flight.clone(),
+        );
+        registry.register(
+            "fleet_consumer_lag_records",
+            "Consumer lag per partition (librdkafka statistics)",
+            lag.clone(),
+        );
+        registry.register(
+            "fleet_consumer_assigned_partitions",
+            "Partitions currently assigned to this consumer",
+            assigned.clone(),
+        );
+        Arc::new(Self {
+            component,
+            registry,
+            records,
+            dead_letters,
+            outputs,
+            retries,
+            in_flight,
+            lag,
+            assigned,
+            health: Health::default(),
+        })
+    }
+
+    fn labels(&self, extra: &[(&'static str, &str)]) -> Labels {
+        let mut l = Vec::with_capacity(extra.len() + 1);
+        l.push(("component", self.component.to_owned()));
+        l.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        l
+    }
+
+    /// Counter of finished inputs of `topic` with `outcome` (cache the handle on hot paths).
+    pub fn records(&self, topic: &str, outcome: &str) -> Counter {
+        self.records
+            .get_or_create(&self.labels(&[("topic", topic), ("outcome", outcome)]))
+            .clone()
+    }
+
+    /// Counter of dead letters with `reason`.
+    pub fn dead_letters(&self, reason: &str) -> Counter {
+        self.dead_letters
+            .get_or_create(&self.labels(&[("reason", reason)]))
+            .clone()
+    }
+
+    /// Counter of acknowledged outputs to `topic`.
+    pub fn outputs(&self, topic: &str) -> Counter {
+        self.outputs
+            .get_or_create(&self.labels(&[("topic", topic)]))
+            .clone()
+    }
+
+    /// Counter of retries at `stage`.
+    pub fn retries(&self, stage: &str) -> Counter {
+        self.retries
+            .get_or_create(&self.labels(&[("stage", stage)]))
+            .clone()
+    }
+
+    /// Gauge of in-flight inputs.
+    pub fn in_flight(&self) -> Gauge {
+        self.in_flight.get_or_create(&self.labels(&[])).clone()
+    }
+
+    /// Sets the lag gauge of one partition.
+    pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.lag
+            .get_or_create(&self.labels(&[("topic", topic), ("partition", &partition.to_string())]))
+            .set(lag);
+    }
+
+    /// Sets the number of assigned partitions.
+    pub fn set_assigned(&self, n: usize) {
+        self.health.assigned.store(n, Ordering::Relaxed);
+        self.assigned.get_or_create(&self.labels(&[])).set(n as i64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What readiness is computed from.
+#[derive(Debug, Default)]
+pub struct Health {
+    assigned: AtomicUsize,
+    /// Inputs in flight.
+    pub(crate) in_flight: AtomicUsize,
+    /// Last time (ms) the loop finished an input or found nothing in flight.
+    pub(crate) last_progress_ms: AtomicI64,
+    /// Stall timeout in ms.
+    pub(crate) stall_timeout_ms: AtomicI64,
+}
+
+impl Health {
+    /// Ready = partitions assigned and offsets advancing (nothing stuck in flight longer than
+    /// the stall timeout). Returns the reason when not ready.
+    pub fn ready(&self, now_ms: i64) -> Result<(), String> {
+        if self.assigned.load(Ordering::Relaxed) == 0 {
+            return Err("no partitions assigned".into());
+        }
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let since = now_ms - self.last_progress_ms.load(Ordering::Relaxed);
+        let timeout = self.stall_timeout_ms.load(Ordering::Relaxed);
+        if in_flight > 0 && timeout > 0 && since > timeout {
+            return Err(format!(
+                "{in_flight} records in flight without progress for {since} ms"
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn progress(&self, now_ms: i64) {
+        self.last_progress_ms.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// Routes: `/metrics`, `/health/live`, `/health/ready`.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }),
+        )
+        .route("/health/live", get(|| async { "live\n" }))
+        .route(
+            "/health/ready",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                match m.health.ready(now_ms()) {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
+                    Err(why) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
+                            .into_response()
+                    }
+                }
+            }),
+        )
+        .with_state(metrics)
+}
+
+/// Binds `listen` and serves the routes until `shutdown` fires; returns the bound address.
+pub async fn serve(
+    listen: &str,
+    metrics: Arc<Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<Option<std::net::SocketAddr>> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("binding metrics listener {listen}: {e}"))
+    })?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router(metrics))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    Ok(Some(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_export_with_total_suffix_and_labels() {
+        let m = Metrics::new("test-proc");
+        m.records("fleet.telemetry", "ok").inc_by(3);
+        m.dead_letters("decode_error").inc();
+        m.set_lag("fleet.telemetry", 4, 17);
+        let text = m.encode();
+        assert!(text.contains(
+            "fleet_processor_records_total{component=\"test-proc\",topic=\"fleet.telemetry\",outcome=\"ok\"} 3"
+        ), "{text}");
+        assert!(text.contains("fleet_processor_dead_letters_total{component=\"test-proc\",reason=\"decode_error\"} 1"));
+        assert!(text.contains("fleet_consumer_lag_records{component=\"test-proc\",topic=\"fleet.telemetry\",partition=\"4\"} 17"));
+    }
+
+    #[test]
+    fn readiness_needs_assignment_and_progress() {
+        let h = Health::default();
+        h.stall_timeout_ms.store(1_000, Ordering::Relaxed);
+        assert!(h.ready(0).is_err(), "nothing assigned");
+        h.assigned.store(3, Ordering::Relaxed);
+        h.progress(10_000);
+        assert!(h.ready(10_500).is_ok());
+        h.in_flight.store(5, Ordering::Relaxed);
+        assert!(h.ready(10_900).is_ok(), "in flight but recent progress");
+        assert!(h.ready(11_500).is_err(), "stalled");
+        h.in_flight.store(0, Ordering::Relaxed);
+        assert!(h.ready(99_000).is_ok(), "idle is not stalled");
+    }
+}

@@ -1,0 +1,733 @@
+//! The run loop every processor shares.
+//!
+//! ```text
+//! recv -> decode (poison: DeadLetter) -> Processor::process -> produce outputs
+//!      -> [in flight until the broker acknowledged every output] -> store offset -> auto-commit
+//! timer -> Processor::on_tick (watermarks, flushes) -> produce
+//! SIGTERM -> stop polling -> drain in-flight -> commit -> Ok
+//! ```
+//!
+//! ## Delivery guarantee
+//! At least once. An input's offset is stored only after every output it produced (including
+//! its dead letter) was acknowledged by the broker with `acks=all`; offsets are stored strictly
+//! in consumption order, so a committed offset never skips an unfinished input. After a crash
+//! the inputs after the last commit are processed again: outputs may be duplicated (they carry
+//! deterministic `event_id`s for downstream de-duplication), nothing is lost.
+//!
+//! ## Failure handling
+//! * Poison (undecodable input, or the processor says [`ProcessError::Poison`]): a
+//!   [`DeadLetter`] with the reason, detail, source topic/partition/offset, key and original
+//!   bytes goes to the DLQ topic; the offset is stored once the dead letter is acknowledged.
+//! * Transient ([`ProcessError::Transient`], registry unreachable, a produce that failed after
+//!   librdkafka's own retries): retried with capped exponential backoff; the offset waits.
+//! * Fatal ([`ProcessError::Fatal`], producer gone): the loop stops taking input, drains what is
+//!   in flight, commits, and returns the error (the binary exits non-zero).
+//!
+//! Per-partition order is kept: inputs are processed one at a time in the order the consumer
+//! delivers them, and produced in that order.
+
+use std::future::{Future, poll_fn};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use fleet_schemas::{DeadLetter, Decoder, Encoder, Record, Registry, ids};
+use futures::FutureExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, RunnerConfig, Section};
+use crate::kafka::{self, Consumer, ProducerProfile};
+use crate::metrics::{Metrics, now_ms};
+use crate::outputs::Outputs;
+use crate::{Error, ProcessError, Result};
+
+/// One decoded input record with its Kafka coordinates.
+#[derive(Debug)]
+pub struct Input<'a, T> {
+    /// The decoded record.
+    pub record: T,
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Source key.
+    pub key: Option<&'a [u8]>,
+    /// Kafka timestamp (ms), if any.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A processor's logic, called by the run loop. Keep it thin: domain decisions belong in the
+/// pure `fleet-domain` crate; this is where they meet Kafka.
+pub trait Processor: Send {
+    /// The record type of the input topics.
+    type Input: Record;
+
+    /// Handles one input; stage outputs in `out`.
+    fn process(
+        &mut self,
+        input: &Input<'_, Self::Input>,
+        out: &mut Outputs,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send;
+
+    /// Called every `runner.tick_interval` with the current time (watermarks, flushes).
+    fn on_tick(
+        &mut self,
+        _now_ms: i64,
+        _out: &mut Outputs,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// What a run did, returned when it stops.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Inputs whose outputs were acknowledged and whose offsets were stored.
+    pub processed: u64,
+    /// Inputs sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Output records produced (dead letters included).
+    pub outputs: u64,
+}
+
+/// Shared IO of one binary: config, registry client, producer, metrics.
+#[derive(Clone)]
+pub struct Runtime {
+    /// Component name (the binary), used in metrics, dead letters and the default group id.
+    pub component: &'static str,
+    /// Kafka settings.
+    pub kafka: crate::config::KafkaConfig,
+    /// Loop settings.
+    pub runner: RunnerConfig,
+    /// Schema registry client.
+    pub registry: Registry,
+    /// Producer for outputs (idempotent, acks=all).
+    pub producer: FutureProducer,
+    /// Metrics and health.
+    pub metrics: Arc<Metrics>,
+    /// Address of the metrics server, if enabled.
+    pub http_addr: Option<std::net::SocketAddr>,
+    dlq_topic: Arc<str>,
+    dlq: Encoder<DeadLetter>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("component", &self.component)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Sets up the IO edge: creates missing topics (when `kafka.create_topics`), registers the
+    /// dead-letter schema, creates the producer and starts the metrics/health server.
+    pub async fn start<A: Section>(
+        component: &'static str,
+        config: &Config<A>,
+        profile: ProducerProfile,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let metrics = Metrics::new(component);
+        metrics
+            .health
+            .stall_timeout_ms
+            .store(config.runner.stall_timeout.as_millis() as i64, Ordering::Relaxed);
+        metrics.health.progress(now_ms());
+        let http_addr = crate::metrics::serve(&config.http.listen, metrics.clone(), shutdown).await?;
+        if let Some(addr) = http_addr {
+            tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+        }
+        if config.kafka.create_topics {
+            let mut specs = kafka::fleet_topics(config.kafka.default_partitions);
+            if !specs.iter().any(|s| s.name == config.runner.dlq_topic) {
+                specs.push(kafka::TopicSpec::new(
+                    config.runner.dlq_topic.clone(),
+                    config.kafka.default_partitions,
+                ));
+            }
+            kafka::ensure_topics(&config.kafka, &specs).await?;
+        }
+        let registry = Registry::new(&config.registry.url)?;
+        let dlq = retry_transient("registering the DeadLetter schema", &config.runner, || {
+            Encoder::<DeadLetter>::register(&registry, &config.runner.dlq_topic)
+        })
+        .await?;
+        let producer = kafka::producer(&config.kafka, profile)?;
+        Ok(Self {
+            component,
+            kafka: config.kafka.clone(),
+            runner: config.runner.clone(),
+            registry,
+            producer,
+            metrics,
+            http_addr,
+            dlq_topic: Arc::from(config.runner.dlq_topic.as_str()),
+            dlq,
+        })
+    }
+
+    /// The consumer group: `kafka.group_id`, or the component name.
+    pub fn group_id(&self) -> String {
+        if self.kafka.group_id.is_empty() {
+            self.component.to_owned()
+        } else {
+            self.kafka.group_id.clone()
+        }
+    }
+
+    /// Registers `T`'s schema for `topic` (retrying while the registry is unreachable).
+    pub async fn encoder<T: Record>(&self, topic: &str) -> Result<Encoder<T>> {
+        retry_transient("registering a schema", &self.runner, || {
+            Encoder::<T>::register(&self.registry, topic)
+        })
+        .await
+    }
+
+    /// Consumes `topics` with `processor` until `shutdown` fires or a fatal error occurs.
+    pub async fn run<P: Processor>(
+        &self,
+        processor: P,
+        topics: &[&str],
+        shutdown: CancellationToken,
+    ) -> Result<RunSummary> {
+        let consumer = kafka::consumer(&self.kafka, &self.group_id(), self.metrics.clone())?;
+        consumer.subscribe(topics)?;
+        tracing::info!(component = self.component, group = %self.group_id(), ?topics, "consuming");
+        let decoder = Decoder::<P::Input>::new(self.registry.clone());
+        let mut lp = Loop {
+            rt: self,
+            consumer: &consumer,
+            decoder,
+            processor,
+            out: Outputs::new(),
+            in_flight: InFlight::default(),
+            summary: RunSummary::default(),
+            counters: Counters::new(&self.metrics),
+            topics: Vec::new(),
+            shutdown,
+        };
+        let result = lp.run().await;
+        let summary = lp.summary.clone();
+        drop(lp);
+        // Offsets stored so far are exactly the finished inputs: commit them.
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "final commit failed; inputs after the last auto-commit will be re-processed"),
+        }
+        tracing::info!(?summary, "run loop stopped");
+        result.map(|()| summary)
+    }
+}
+
+/// Retries `op` while it fails with a transient schemas error (registry down at start-up).
+async fn retry_transient<T, F, Fut>(what: &str, cfg: &RunnerConfig, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = fleet_schemas::Result<T>>,
+{
+    let mut delay = cfg.retry_initial;
+    let mut attempts = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && attempts < 30 => {
+                attempts += 1;
+                tracing::warn!(error = %e, attempt = attempts, "{what} failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(cfg.retry_max);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+struct Counters {
+    ok: Vec<(String, Counter)>,
+    dead: Vec<(String, Counter)>,
+    outputs: Vec<(Arc<str>, Counter)>,
+    in_flight: Gauge,
+    retry_decode: Counter,
+    retry_process: Counter,
+    retry_produce: Counter,
+}
+
+impl Counters {
+    fn new(m: &Metrics) -> Self {
+        Self {
+            ok: Vec::new(),
+            dead: Vec::new(),
+            outputs: Vec::new(),
+            in_flight: m.in_flight(),
+            retry_decode: m.retries("decode"),
+            retry_process: m.retries("process"),
+            retry_produce: m.retries("produce"),
+        }
+    }
+
+    fn cached<'a>(
+        cache: &'a mut Vec<(String, Counter)>,
+        topic: &str,
+        make: impl FnOnce() -> Counter,
+    ) -> &'a Counter {
+        let idx = match cache.iter().position(|(t, _)| t == topic) {
+            Some(i) => i,
+            None => {
+                cache.push((topic.to_owned(), make()));
+                cache.len() - 1
+            }
+        };
+        &cache[idx].1
+    }
+
+    fn output(&mut self, m: &Metrics, topic: &Arc<str>) {
+        let idx = match self
+            .outputs
+            .iter()
+            .position(|(t, _)| Arc::ptr_eq(t, topic) || **t == **topic)
+        {
+            Some(i) => i,
+            None => {
+                self.outputs.push((topic.clone(), m.outputs(topic)));
+                self.outputs.len() - 1
+            }
+        };
+        self.outputs[idx].1.inc();
+    }
+}
+
+/// Outputs of one input awaiting acknowledgement.
+struct Entry {
+    /// Source coordinates, `None` for timer outputs.
+    source: Option<(Arc<str>, i32, i64)>,
+    dead_lettered: bool,
+    pending: Vec<(Arc<str>, DeliveryFuture)>,
+}
+
+/// Inputs in flight, in consumption order.
+#[derive(Default)]
+struct InFlight {
+    entries: std::collections::VecDeque<Entry>,
+}
+
+enum Settled {
+    /// The head entry is fully acknowledged.
+    Done(Entry),
+    /// One output of the head entry failed after librdkafka's retries; it must be re-sent.
+    Failed {
+        topic: Arc<str>,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+        error: KafkaError,
+    },
+    /// The producer was dropped: fatal.
+    Canceled,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Resolves when the head entry settles. Pending on an empty queue.
+    fn poll_head(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        on_ack: &mut impl FnMut(&Arc<str>),
+    ) -> Poll<Settled> {
+        let Some(head) = self.entries.front_mut() else {
+            return Poll::Pending;
+        };
+        let mut i = 0;
+        while i < head.pending.len() {
+            match head.pending[i].1.poll_unpin(cx) {
+                Poll::Pending => i += 1,
+                Poll::Ready(result) => {
+                    let (topic, _) = head.pending.swap_remove(i);
+                    match result {
+                        Ok(Ok(_delivery)) => on_ack(&topic),
+                        Ok(Err((error, msg))) => {
+                            return Poll::Ready(Settled::Failed {
+                                topic,
+                                key: msg.key().map(<[u8]>::to_vec),
+                                payload: msg.payload().map(<[u8]>::to_vec),
+                                error,
+                            });
+                        }
+                        Err(_canceled) => return Poll::Ready(Settled::Canceled),
+                    }
+                }
+            }
+        }
+        if head.pending.is_empty() {
+            if let Some(entry) = self.entries.pop_front() {
+                return Poll::Ready(Settled::Done(entry));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+struct Loop<'r, P: Processor> {
+    rt: &'r Runtime,
+    consumer: &'r Consumer,
+    decoder: Decoder<P::Input>,
+    processor: P,
+    out: Outputs,
+    in_flight: InFlight,
+    summary: RunSummary,
+    counters: Counters,
+    topics: Vec<Arc<str>>,
+    shutdown: CancellationToken,
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
+enum Event<'m> {
+    Stop,
+    Settled(Settled),
+    Tick,
+    Message(rdkafka::error::KafkaResult<BorrowedMessage<'m>>),
+}
+
+impl<P: Processor> Loop<'_, P> {
+    async fn run(&mut self) -> Result<()> {
+        let mut tick = tokio::time::interval(self.rt.runner.tick_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max = self.rt.runner.max_in_flight;
+        let shutdown = self.shutdown.clone();
+        let consumer: &Consumer = self.consumer;
+        let result = loop {
+            let can_take = self.in_flight.len() < max;
+            let has_in_flight = self.in_flight.len() > 0;
+            let event = {
+                let in_flight = &mut self.in_flight;
+                let counters = &mut self.counters;
+                let metrics = &self.rt.metrics;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Event::Stop,
+                    settled = poll_fn(|cx| {
+                        in_flight.poll_head(cx, &mut |topic| counters.output(metrics, topic))
+                    }), if has_in_flight => Event::Settled(settled),
+                    _ = tick.tick() => Event::Tick,
+                    msg = consumer.recv(), if can_take => Event::Message(msg),
+                }
+            };
+            let step = match event {
+                Event::Stop => Ok(Step::Stop),
+                Event::Settled(settled) => self.on_settled(settled).await,
+                Event::Tick => self.on_tick().await,
+                Event::Message(Ok(m)) => self.on_message(&m).await,
+                Event::Message(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    Ok(Step::Continue)
+                }
+            };
+            match step {
+                Ok(Step::Continue) => {}
+                Ok(Step::Stop) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.drain().await;
+        result
+    }
+
+    fn next_settled(&mut self) -> impl Future<Output = Settled> + '_ {
+        let in_flight = &mut self.in_flight;
+        let counters = &mut self.counters;
+        let metrics = &self.rt.metrics;
+        poll_fn(move |cx| in_flight.poll_head(cx, &mut |topic| counters.output(metrics, topic)))
+    }
+
+    /// Waits (bounded by `drain_timeout`) for everything in flight and stores its offsets.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.rt.runner.drain_timeout;
+        while self.in_flight.len() > 0 {
+            let settled = match tokio::time::timeout_at(deadline, self.next_settled()).await {
+                Ok(s) => s,
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.in_flight.len(),
+                        "drain timed out; those inputs will be re-processed after restart"
+                    );
+                    return;
+                }
+            };
+            match self.on_settled(settled).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "while draining");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn on_settled(&mut self, settled: Settled) -> Result<Step> {
+        match settled {
+            Settled::Done(entry) => {
+                if let Some((topic, partition, offset)) = &entry.source {
+                    if let Err(e) = self.consumer.store_offset(topic, *partition, *offset) {
+                        // The partition was revoked meanwhile: its new owner re-processes.
+                        tracing::debug!(error = %e, topic = &**topic, partition, offset, "offset not stored");
+                    }
+                    let metrics = &self.rt.metrics;
+                    if entry.dead_lettered {
+                        self.summary.dead_lettered += 1;
+                        Counters::cached(&mut self.counters.dead, topic, || {
+                            metrics.records(topic, "dead_lettered")
+                        })
+                        .inc();
+                    } else {
+                        self.summary.processed += 1;
+                        Counters::cached(&mut self.counters.ok, topic, || {
+                            metrics.records(topic, "ok")
+                        })
+                        .inc();
+                    }
+                }
+                self.rt.metrics.health.progress(now_ms());
+                self.set_in_flight();
+                Ok(Step::Continue)
+            }
+            Settled::Failed {
+                topic,
+                key,
+                payload,
+                error,
+            } => {
+                self.counters.retry_produce.inc();
+                tracing::warn!(error = %error, topic = &*topic, "output not acknowledged; re-sending");
+                tokio::time::sleep(self.rt.runner.retry_initial).await;
+                let fut = self
+                    .send_one(&topic, key.as_deref(), payload.as_deref())
+                    .await?;
+                if let Some(head) = self.in_flight.entries.front_mut() {
+                    head.pending.push((topic, fut));
+                }
+                Ok(Step::Continue)
+            }
+            Settled::Canceled => Err(Error::Fatal("producer dropped a delivery".into())),
+        }
+    }
+
+    async fn on_tick(&mut self) -> Result<Step> {
+        let now = now_ms();
+        if self.in_flight.len() == 0 {
+            self.rt.metrics.health.progress(now);
+        }
+        self.out.clear();
+        match self.processor.on_tick(now, &mut self.out).await {
+            Ok(()) => {}
+            Err(ProcessError::Fatal(m)) => return Err(Error::Fatal(m)),
+            Err(e) => {
+                // A tick has no input to dead-letter; it runs again next period.
+                self.counters.retry_process.inc();
+                tracing::warn!(error = %e, "timer step failed; retried next tick");
+                self.out.clear();
+                return Ok(Step::Continue);
+            }
+        }
+        if !self.out.is_empty() {
+            self.enqueue(None, false).await?;
+        }
+        Ok(Step::Continue)
+    }
+
+    async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> Result<Step> {
+        let topic = msg.topic();
+        let payload = msg.payload().unwrap_or(&[]);
+        let mut delay = self.rt.runner.retry_initial;
+        let mut dead = false;
+        // Decode, retrying only while the registry is unreachable.
+        let record = loop {
+            match self.decoder.decode(payload).await {
+                Ok(r) => break Some(r),
+                Err(e) if e.is_transient() => {
+                    self.counters.retry_decode.inc();
+                    tracing::warn!(error = %e, "decode needs the registry; retrying in {delay:?}");
+                    if self.backoff(&mut delay).await {
+                        return Ok(Step::Stop);
+                    }
+                }
+                Err(e) => {
+                    self.stage_dead_letter(msg, "decode_error", &e.to_string())?;
+                    dead = true;
+                    break None;
+                }
+            }
+        };
+        if let Some(record) = record {
+            let input = Input {
+                record,
+                topic,
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key(),
+                timestamp_ms: msg.timestamp().to_millis(),
+            };
+            loop {
+                self.out.clear();
+                match self.processor.process(&input, &mut self.out).await {
+                    Ok(()) => break,
+                    Err(ProcessError::Poison { reason, detail }) => {
+                        self.stage_dead_letter(msg, reason, &detail)?;
+                        dead = true;
+                        break;
+                    }
+                    Err(ProcessError::Transient(m)) => {
+                        self.counters.retry_process.inc();
+                        tracing::warn!(error = %m, offset = msg.offset(), "transient; retrying in {delay:?}");
+                        if self.backoff(&mut delay).await {
+                            self.out.clear();
+                            return Ok(Step::Stop);
+                        }
+                    }
+                    Err(ProcessError::Fatal(m)) => return Err(Error::Fatal(m)),
+                }
+            }
+        }
+        let source = Some((self.topic_arc(topic), msg.partition(), msg.offset()));
+        self.enqueue(source, dead).await?;
+        Ok(Step::Continue)
+    }
+
+    fn topic_arc(&mut self, topic: &str) -> Arc<str> {
+        // Few input topics: a linear scan avoids an allocation per input.
+        if let Some(t) = self.topics.iter().find(|t| &***t == topic) {
+            return t.clone();
+        }
+        let arc: Arc<str> = Arc::from(topic);
+        self.topics.push(arc.clone());
+        arc
+    }
+
+    /// Sleeps `delay` (doubling it up to the cap); true if shutdown fired meanwhile.
+    async fn backoff(&self, delay: &mut Duration) -> bool {
+        let stop = tokio::select! {
+            _ = self.shutdown.cancelled() => true,
+            _ = tokio::time::sleep(*delay) => false,
+        };
+        *delay = (*delay * 2).min(self.rt.runner.retry_max);
+        stop
+    }
+
+    fn stage_dead_letter(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        reason: &'static str,
+        detail: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let dl = DeadLetter {
+            event_id: ids::derived_id(&[self.rt.component, msg.topic(), &partition, &offset]),
+            reason: reason.to_owned(),
+            detail: detail.to_owned(),
+            component: self.rt.component.to_owned(),
+            source_system: "kafka".to_owned(),
+            source_topic: msg.topic().to_owned(),
+            source_partition: Some(msg.partition()),
+            source_offset: Some(msg.offset()),
+            source_key: msg.key().map(<[u8]>::to_vec),
+            original: msg.payload().map(<[u8]>::to_vec),
+            event_time: msg.timestamp().to_millis().unwrap_or(now),
+            ingest_time: now,
+        };
+        self.rt.metrics.dead_letters(reason).inc();
+        tracing::warn!(
+            reason,
+            detail,
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            "record dead-lettered"
+        );
+        self.out.clear();
+        let key = msg.key().unwrap_or(&[]);
+        self.out
+            .push_keyed(&self.rt.dlq_topic, key, &self.rt.dlq, &dl)
+            .map_err(|e| Error::Fatal(e.to_string()))
+    }
+
+    /// Produces the staged outputs and queues them as one in-flight entry.
+    async fn enqueue(&mut self, source: Option<(Arc<str>, i32, i64)>, dead_lettered: bool) -> Result<()> {
+        let mut pending = Vec::with_capacity(self.out.staged.len());
+        for i in 0..self.out.staged.len() {
+            let s = self.out.staged[i].clone();
+            let key = &self.out.arena[s.key.clone()];
+            let payload = &self.out.arena[s.payload.clone()];
+            let fut =
+                send_with_backpressure(&self.rt.producer, &s.topic, Some(key), Some(payload))
+                    .await?;
+            pending.push((s.topic, fut));
+        }
+        self.summary.outputs += pending.len() as u64;
+        self.in_flight.entries.push_back(Entry {
+            source,
+            dead_lettered,
+            pending,
+        });
+        self.set_in_flight();
+        Ok(())
+    }
+
+    async fn send_one(
+        &self,
+        topic: &Arc<str>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<DeliveryFuture> {
+        send_with_backpressure(&self.rt.producer, topic, key, payload).await
+    }
+
+    fn set_in_flight(&self) {
+        let n = self.in_flight.len();
+        self.counters.in_flight.set(n as i64);
+        self.rt.metrics.health.in_flight.store(n, Ordering::Relaxed);
+    }
+}
+
+/// Enqueues one record, waiting while librdkafka's queue is full.
+async fn send_with_backpressure(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<DeliveryFuture> {
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        match producer.send_result(record) {
+            Ok(fut) => return Ok(fut),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                // Let librdkafka drain its queue; deliveries keep completing meanwhile.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(Error::Kafka(e)),
+        }
+    }
+}
