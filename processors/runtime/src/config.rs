@@ -159,6 +159,13 @@ config_section! {
         pub replication_factor: i32 = 1,
         /// Where a new consumer group starts: earliest or latest.
         pub auto_offset_reset: String = "earliest".to_owned(),
+        /// Consumer group session timeout: how long a crashed member holds its partitions.
+        #[serde(with = "humantime_serde")]
+        pub session_timeout: Duration = Duration::from_secs(10),
+        /// Longest pause between polls before the member is considered dead; also how long a
+        /// rebalance waits for members to rejoin.
+        #[serde(with = "humantime_serde")]
+        pub max_poll_interval: Duration = Duration::from_secs(300),
         /// Interval of librdkafka statistics (consumer lag metrics); "0s" disables them.
         #[serde(with = "humantime_serde")]
         pub statistics_interval: Duration = Duration::from_secs(5),

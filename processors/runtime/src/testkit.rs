@@ -39,7 +39,10 @@ pub fn producer() -> FutureProducer {
 
 /// Produces `records` (key, payload) to `topic` and waits for every acknowledgement.
 pub async fn populate_topic(topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
-    let p = producer();
+    send_all(&producer(), topic, records).await;
+}
+
+async fn send_all(p: &FutureProducer, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
     let mut futs = Vec::with_capacity(records.len());
     for (k, v) in records {
         loop {
@@ -97,4 +100,117 @@ pub fn read_topic(topic: &str, want: usize, timeout: Duration) -> Vec<Consumed> 
         }
     }
     out
+}
+
+/// Follows a topic from the beginning in a background thread, collecting every record.
+#[derive(Debug)]
+pub struct TopicTail {
+    records: std::sync::Arc<std::sync::Mutex<Vec<Consumed>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TopicTail {
+    /// Starts following `topic`.
+    pub fn start(topic: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s, t) = (records.clone(), stop.clone(), topic.to_owned());
+        let handle = std::thread::spawn(move || {
+            #[allow(clippy::expect_used)]
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers())
+                .set("group.id", random_name("tail"))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("tail consumer");
+            #[allow(clippy::expect_used)]
+            c.subscribe(&[&t]).expect("subscribe");
+            while !s.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                    let rec = Consumed {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    };
+                    if let Ok(mut v) = r.lock() {
+                        v.push(rec);
+                    }
+                }
+            }
+        });
+        Self {
+            records,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Records seen so far.
+    pub fn len(&self) -> usize {
+        self.records.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Whether nothing was seen yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of the records seen so far.
+    pub fn snapshot(&self) -> Vec<Consumed> {
+        self.records.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` records were seen or `timeout` passed; returns the count.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let len = self.len();
+            if len >= n || Instant::now() >= deadline {
+                return len;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TopicTail {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Creates `topic` with `partitions` if it does not exist.
+pub async fn create_topic(topic: &str, partitions: i32) {
+    let cfg = crate::config::KafkaConfig {
+        brokers: brokers(),
+        ..Default::default()
+    };
+    #[allow(clippy::expect_used)]
+    crate::kafka::ensure_topics(&cfg, &[crate::kafka::TopicSpec::new(topic, partitions)])
+        .await
+        .expect("create topic");
+}
+
+/// Produces `records` to `topic` at about `per_sec` records per second (acknowledged in
+/// batches), so that a test can act on a process while its input is still arriving.
+pub async fn populate_topic_paced(topic: &str, records: &[(Vec<u8>, Vec<u8>)], per_sec: usize) {
+    let batch = (per_sec / 20).max(1);
+    let p = producer();
+    let start = Instant::now();
+    for (i, chunk) in records.chunks(batch).enumerate() {
+        send_all(&p, topic, chunk).await;
+        let due = start + Duration::from_secs_f64((i + 1) as f64 * batch as f64 / per_sec as f64);
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+    }
 }

@@ -1,0 +1,41 @@
+//! `passthrough-processor`: see the library docs for inputs, outputs and guarantees.
+
+use anyhow::Context;
+use fleet_passthrough::{Passthrough, PassthroughConfig};
+use fleet_runtime::kafka::ProducerProfile;
+use fleet_runtime::{Cli, Config, Runtime, shutdown};
+use fleet_schemas::TelemetryReading;
+
+const NAME: &str = "passthrough-processor";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse_for::<PassthroughConfig>(
+        NAME,
+        "Forwards valid TelemetryReadings to an output topic; dead-letters invalid ones.",
+    );
+    shutdown::init_logging();
+    let config = Config::<PassthroughConfig>::load(cli.config.as_deref()).context("configuration")?;
+    if cli.print_config {
+        println!("{}", config.to_pretty());
+        return Ok(());
+    }
+    let token = shutdown::install();
+    let runtime = Runtime::start(NAME, &config, ProducerProfile::Throughput, token.clone())
+        .await
+        .context("starting the runtime")?;
+    let encoder = runtime
+        .encoder::<TelemetryReading>(&config.app.output_topic)
+        .await
+        .context("registering the output schema")?;
+    let processor = Passthrough::new(&config.app.output_topic, encoder);
+    let summary = runtime
+        .run(processor, &[config.app.input_topic.as_str()], token)
+        .await?;
+    tracing::info!(
+        processed = summary.processed,
+        dead_lettered = summary.dead_lettered,
+        "stopped cleanly"
+    );
+    Ok(())
+}

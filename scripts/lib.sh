@@ -1,0 +1,77 @@
+# Shared helpers for fleetstream's scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+FLEET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FLEET_CACHE="${FLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fleetstream}"
+FLEET_TOOLS="$FLEET_CACHE/tools"
+FLEET_STATE_DIR="${FLEET_STATE_DIR:-$FLEET_ROOT/.fleet}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLEET_CACHE/target}"
+export PATH="$FLEET_TOOLS/bin:$HOME/.cargo/bin:$PATH"
+
+TANSU_VERSION=0.6.0
+S3S_FS_VERSION=0.14.1
+
+FLEET_KAFKA_PORT="${FLEET_KAFKA_PORT:-9092}"
+FLEET_REGISTRY_PORT="${FLEET_REGISTRY_PORT:-8081}"
+FLEET_MQTT_PORT="${FLEET_MQTT_PORT:-1883}"
+FLEET_S3_PORT="${FLEET_S3_PORT:-9000}"
+export FLEET_KAFKA_BROKERS="${FLEET_KAFKA_BROKERS:-127.0.0.1:$FLEET_KAFKA_PORT}"
+export FLEET_SCHEMA_REGISTRY_URL="${FLEET_SCHEMA_REGISTRY_URL:-http://127.0.0.1:$FLEET_REGISTRY_PORT}"
+export FLEET_MQTT_URL="${FLEET_MQTT_URL:-mqtt://127.0.0.1:$FLEET_MQTT_PORT}"
+export FLEET_S3_ENDPOINT="${FLEET_S3_ENDPOINT:-http://127.0.0.1:$FLEET_S3_PORT}"
+
+log() { printf '\033[1m[fleet]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31m[fleet] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT SECONDS NAME [PID]: wait until the port answers; fail early if PID died.
+wait_port() {
+  local port=$1 secs=$2 name=$3 pid=${4:-} i
+  for ((i = 0; i < secs * 10; i++)); do
+    port_open "$port" && return 0
+    if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+      die "$name exited during start-up; see $FLEET_STATE_DIR/logs/$name.log"
+    fi
+    sleep 0.1
+  done
+  die "$name did not answer on port $port within ${secs}s; see $FLEET_STATE_DIR/logs/$name.log"
+}
+
+# need_apt PKG...: install the Debian packages that are missing (idempotent).
+need_apt() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  log "installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+# Build prerequisites of the workspace itself (rdkafka is built from source with cmake; its
+# bundled librdkafka 2.12 includes curl.h even with curl disabled).
+need_build_deps() {
+  need_apt build-essential cmake pkg-config libcurl4-openssl-dev
+}
+
+# cargo_tool NAME VERSION CRATE [ARGS...]: cargo install into the cache, once per version.
+cargo_tool() {
+  local bin=$1 version=$2 crate=$3
+  shift 3
+  local marker="$FLEET_TOOLS/.installed-$crate-$version"
+  if [[ -x "$FLEET_TOOLS/bin/$bin" && -f "$marker" ]]; then
+    return 0
+  fi
+  log "installing $crate $version into $FLEET_TOOLS (one time; tansu takes ~16 min on 2 cores)"
+  mkdir -p "$FLEET_TOOLS"
+  cargo install "$crate" --version "$version" --locked --root "$FLEET_TOOLS" "$@" \
+    >"$FLEET_CACHE/install-$crate.log" 2>&1 \
+    || die "cargo install $crate $version failed; see $FLEET_CACHE/install-$crate.log"
+  touch "$marker"
+}
