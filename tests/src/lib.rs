@@ -50,12 +50,17 @@ impl Proc {
         let http_port = free_port();
         let mut cmd = Command::new(bin_path(name));
         cmd.env("FLEET_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         Self { child, http_port }
     }
 

@@ -72,16 +72,22 @@ impl Scenario {
         let mut valid = HashMap::new();
         let mut bad = Vec::new();
         let mut records = Vec::with_capacity(n_valid + n_bad);
-        let every = if n_bad == 0 { usize::MAX } else { (n_valid / n_bad).max(1) };
+        let every = n_valid.checked_div(n_bad).unwrap_or(usize::MAX).max(1);
         let mut b = 0;
         for i in 0..n_valid {
             let r = reading(i % 97, i, 4.6 + (i % 50) as f64 * 0.001);
-            records.push((r.vehicle_id.clone().into_bytes(), enc.encode(&r).expect("encode")));
+            records.push((
+                r.vehicle_id.clone().into_bytes(),
+                enc.encode(&r).expect("encode"),
+            ));
             valid.insert(r.event_id.clone(), r);
             if i % every == 0 && b < n_bad {
                 let (payload, reason) = match b % 3 {
                     // The device JSON, never converted: not the Confluent wire format.
-                    0 => (format!("{{\"vehicleId\":\"VEH-{b}\",\"speed\":65.5}}").into_bytes(), "decode_error"),
+                    0 => (
+                        format!("{{\"vehicleId\":\"VEH-{b}\",\"speed\":65.5}}").into_bytes(),
+                        "decode_error",
+                    ),
                     // Framed, but the Avro body is truncated.
                     1 => {
                         let mut p = enc.encode(&reading(1, 1_000_000 + b, 4.6)).expect("encode");
@@ -89,7 +95,11 @@ impl Scenario {
                         (p, "decode_error")
                     }
                     // Valid Avro, rejected by the processor's rule.
-                    _ => (enc.encode(&reading(2, 2_000_000 + b, 123.0)).expect("encode"), "invalid_position"),
+                    _ => (
+                        enc.encode(&reading(2, 2_000_000 + b, 123.0))
+                            .expect("encode"),
+                        "invalid_position",
+                    ),
                 };
                 records.push((format!("BAD-{b}").into_bytes(), payload.clone()));
                 bad.push((payload, reason));
@@ -136,9 +146,16 @@ impl Scenario {
         let mut seen = HashMap::new();
         for rec in tail.snapshot() {
             let r = dec.decode(&rec.payload).await.expect("output decodes");
-            let want = self.valid.get(&r.event_id).expect("output is one of the inputs");
+            let want = self
+                .valid
+                .get(&r.event_id)
+                .expect("output is one of the inputs");
             assert_eq!(&r, want, "forwarded unchanged");
-            assert_eq!(rec.key.as_deref(), Some(r.vehicle_id.as_bytes()), "keyed by vehicle");
+            assert_eq!(
+                rec.key.as_deref(),
+                Some(r.vehicle_id.as_bytes()),
+                "keyed by vehicle"
+            );
             *seen.entry(r.event_id).or_insert(0) += 1;
         }
         seen
@@ -153,15 +170,25 @@ impl Scenario {
             assert_eq!(d.source_topic, self.input);
             assert_eq!(d.component, BIN);
             assert!(d.source_partition.is_some() && d.source_offset.is_some());
-            assert!(d.source_key.as_deref().is_some_and(|k| k.starts_with(b"BAD-")), "source key kept");
+            assert!(
+                d.source_key
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with(b"BAD-")),
+                "source key kept"
+            );
             assert!(!d.detail.is_empty(), "detail says why");
-            *seen.entry((d.original.unwrap_or_default(), d.reason)).or_insert(0) += 1;
+            *seen
+                .entry((d.original.unwrap_or_default(), d.reason))
+                .or_insert(0) += 1;
         }
         seen
     }
 
     fn expected_dead_letters(&self) -> HashSet<(Vec<u8>, String)> {
-        self.bad.iter().map(|(p, r)| (p.clone(), (*r).to_owned())).collect()
+        self.bad
+            .iter()
+            .map(|(p, r)| (p.clone(), (*r).to_owned()))
+            .collect()
     }
 }
 
@@ -191,36 +218,71 @@ async fn forwards_valid_records_dead_letters_bad_ones_and_stops_cleanly() {
     let dlq = TopicTail::start(&s.dlq);
     let p = s.start();
     assert!(wait_ready(&p).await, "ready: partitions assigned");
-    assert_eq!(out.wait_for(600, Duration::from_secs(90)).await, 600, "every valid input forwarded");
-    assert_eq!(dlq.wait_for(30, Duration::from_secs(30)).await, 30, "every bad input dead-lettered");
+    assert_eq!(
+        out.wait_for(600, Duration::from_secs(90)).await,
+        600,
+        "every valid input forwarded"
+    );
+    assert_eq!(
+        dlq.wait_for(30, Duration::from_secs(30)).await,
+        30,
+        "every bad input dead-lettered"
+    );
 
     let forwarded = s.output_ids(&out).await;
-    assert_eq!(forwarded.keys().cloned().collect::<HashSet<_>>(), s.valid.keys().cloned().collect());
-    assert!(forwarded.values().all(|n| *n == 1), "no duplicates without a crash");
+    assert_eq!(
+        forwarded.keys().cloned().collect::<HashSet<_>>(),
+        s.valid.keys().cloned().collect()
+    );
+    assert!(
+        forwarded.values().all(|n| *n == 1),
+        "no duplicates without a crash"
+    );
     let dead = s.dead_letters(&dlq).await;
-    assert_eq!(dead.keys().cloned().collect::<HashSet<_>>(), s.expected_dead_letters());
-    assert_eq!(dead.keys().filter(|(_, r)| r == "invalid_position").count(), 10);
+    assert_eq!(
+        dead.keys().cloned().collect::<HashSet<_>>(),
+        s.expected_dead_letters()
+    );
+    assert_eq!(
+        dead.keys().filter(|(_, r)| r == "invalid_position").count(),
+        10
+    );
 
     // Metrics count what happened.
     let (status, metrics) = p.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);
-    let ok_line = format!("fleet_processor_records_total{{component=\"{BIN}\",topic=\"{}\",outcome=\"ok\"}} 600", s.input);
+    let ok_line = format!(
+        "fleet_processor_records_total{{component=\"{BIN}\",topic=\"{}\",outcome=\"ok\"}} 600",
+        s.input
+    );
     assert!(metrics.contains(&ok_line), "{ok_line} in\n{metrics}");
-    assert!(metrics.contains(&format!("outcome=\"dead_lettered\"}} 30")), "{metrics}");
+    assert!(
+        metrics.contains("outcome=\"dead_lettered\"} 30"),
+        "{metrics}"
+    );
     assert!(metrics.contains("fleet_processor_dead_letters_total{component=\"passthrough-processor\",reason=\"invalid_position\"} 10"));
     assert_eq!(p.get("/health/live").await.map(|r| r.0), Some(200));
 
     // SIGTERM: drain, commit, exit 0.
-    let status = p.terminate(Duration::from_secs(30)).expect("exits on SIGTERM");
+    let status = p
+        .terminate(Duration::from_secs(30))
+        .expect("exits on SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 
     // A restart in the same group resumes after the committed offsets: nothing is re-sent.
     let p2 = s.start();
     assert!(wait_ready(&p2).await);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(out.len(), 600, "graceful stop committed every finished input");
+    assert_eq!(
+        out.len(),
+        600,
+        "graceful stop committed every finished input"
+    );
     assert_eq!(dlq.len(), 30);
-    assert!(p2.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(
+        p2.terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +315,10 @@ async fn kill_dash_nine_mid_stream_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(progressed, "round {round}: no progress within 40 s");
-        eprintln!("round {round}: progress {:?} after start", started.elapsed());
+        eprintln!(
+            "round {round}: progress {:?} after start",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(300 + round * 400)).await;
         if !producer.is_finished() {
             mid_input += 1;
@@ -265,7 +330,10 @@ async fn kill_dash_nine_mid_stream_loses_nothing() {
         // after the session expired.
         tokio::time::sleep(Duration::from_secs(7)).await;
     }
-    assert!(mid_input >= 2, "only {mid_input} kills landed while input was still arriving");
+    assert!(
+        mid_input >= 2,
+        "only {mid_input} kills landed while input was still arriving"
+    );
     producer.await.expect("producer task");
     let mut p = s.start_with(&fast_rejoin());
     let mut got = 0;
@@ -275,7 +343,14 @@ async fn kill_dash_nine_mid_stream_loses_nothing() {
             break;
         }
         let (_, metrics) = p.get("/metrics").await.unwrap_or_default();
-        let progress: Vec<&str> = metrics.lines().filter(|l| l.starts_with("fleet_processor_records_total") || l.starts_with("fleet_consumer_assigned") || l.starts_with("fleet_processor_in_flight")).collect();
+        let progress: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("fleet_processor_records_total")
+                    || l.starts_with("fleet_consumer_assigned")
+                    || l.starts_with("fleet_processor_in_flight")
+            })
+            .collect();
         eprintln!("final run: {got} outputs so far; {progress:?}");
     }
     assert!(got >= VALID, "only {got} outputs after {kills} kills");
@@ -284,13 +359,26 @@ async fn kill_dash_nine_mid_stream_loses_nothing() {
     assert!(p.alive());
 
     let forwarded = s.output_ids(&out).await;
-    let missing: Vec<_> = s.valid.keys().filter(|id| !forwarded.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} valid inputs lost, e.g. {:?}", missing.len(), missing.first());
+    let missing: Vec<_> = s
+        .valid
+        .keys()
+        .filter(|id| !forwarded.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} valid inputs lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
     let duplicates: usize = forwarded.values().map(|n| n - 1).sum();
     let dead = s.dead_letters(&dlq).await;
     let expected = s.expected_dead_letters();
     for want in &expected {
-        assert!(dead.contains_key(want), "bad input without a dead letter: reason {}", want.1);
+        assert!(
+            dead.contains_key(want),
+            "bad input without a dead letter: reason {}",
+            want.1
+        );
     }
     assert_eq!(dead.len(), expected.len(), "no unexpected dead letters");
     eprintln!(
@@ -298,5 +386,8 @@ async fn kill_dash_nine_mid_stream_loses_nothing() {
         forwarded.values().sum::<usize>(),
         dead.values().sum::<usize>()
     );
-    assert!(p.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(
+        p.terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
 }

@@ -15,7 +15,8 @@ async fn main() -> anyhow::Result<()> {
         "Forwards valid TelemetryReadings to an output topic; dead-letters invalid ones.",
     );
     shutdown::init_logging();
-    let config = Config::<PassthroughConfig>::load(cli.config.as_deref()).context("configuration")?;
+    let config =
+        Config::<PassthroughConfig>::load(cli.config.as_deref()).context("configuration")?;
     if cli.print_config {
         println!("{}", config.to_pretty());
         return Ok(());

@@ -402,7 +402,7 @@ impl Cli {
 }
 
 #[cfg(test)]
-#[allow(unreachable_pub)]
+#[allow(unreachable_pub, clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -435,7 +435,12 @@ mod tests {
             Ok(())
         });
         let help = Config::<AppSection>::help();
-        for key in ["kafka.brokers", "registry.url", "runner.max_in_flight", "app.state_url"] {
+        for key in [
+            "kafka.brokers",
+            "registry.url",
+            "runner.max_in_flight",
+            "app.state_url",
+        ] {
             assert!(help.contains(key), "{key} documented");
         }
         assert!(help.contains("FLEET_KAFKA_BROKERS"));
@@ -462,7 +467,10 @@ mod tests {
         .expect("write");
         let c = Config::<AppSection>::load_from(Some(&path), Env::raw()).expect("load");
         assert_eq!(c.kafka.brokers, "b1:9092,b2:9092");
-        assert_eq!(c.kafka.options.get("linger.ms").map(String::as_str), Some("7"));
+        assert_eq!(
+            c.kafka.options.get("linger.ms").map(String::as_str),
+            Some("7")
+        );
         assert_eq!(c.app.input, "x");
         assert_eq!(c.app.window, Duration::from_secs(90));
 
@@ -474,14 +482,20 @@ mod tests {
         assert!(Config::<AppSection>::load_from(Some(&path), Env::raw()).is_err());
         std::fs::write(&path, "[registry]\nurl = \"localhost:8081\"\n").expect("write");
         assert!(Config::<AppSection>::load_from(Some(&path), Env::raw()).is_err());
-        assert!(Config::<AppSection>::load_from(Some(&dir.path().join("missing.toml")), Env::raw()).is_err());
+        assert!(
+            Config::<AppSection>::load_from(Some(&dir.path().join("missing.toml")), Env::raw())
+                .is_err()
+        );
     }
 
     #[test]
     fn environment_overrides_file_and_short_names_win() {
         figment::Jail::expect_with(|jail| {
             jail.clear_env();
-            jail.create_file("c.toml", "[kafka]\nbrokers = \"file:9092\"\n[app]\ninput = \"file\"\n")?;
+            jail.create_file(
+                "c.toml",
+                "[kafka]\nbrokers = \"file:9092\"\n[app]\ninput = \"file\"\n",
+            )?;
             jail.set_env("FLEET__APP__INPUT", "generic");
             jail.set_env("FLEET__RUNNER__MAX_IN_FLIGHT", "5");
             jail.set_env("FLEET__KAFKA__BROKERS", "generic:9092");

@@ -100,7 +100,11 @@ impl ConsumerContext for FleetContext {
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
         if let Err(e) = result {
             // NoOffset just means nothing new was stored since the last commit.
             if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
@@ -123,9 +127,15 @@ pub fn consumer(cfg: &KafkaConfig, group_id: &str, metrics: Arc<Metrics>) -> Res
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &cfg.auto_offset_reset)
         .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
+        .set(
+            "session.timeout.ms",
+            cfg.session_timeout.as_millis().to_string(),
+        )
         .set("heartbeat.interval.ms", "1000")
-        .set("max.poll.interval.ms", cfg.max_poll_interval.as_millis().to_string());
+        .set(
+            "max.poll.interval.ms",
+            cfg.max_poll_interval.as_millis().to_string(),
+        );
     apply_options(&mut c, cfg);
     Ok(c.create_with_context(FleetContext { metrics })?)
 }

@@ -230,10 +230,11 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             get(|State(m): State<Arc<Metrics>>| async move {
                 match m.health.ready(now_ms()) {
                     Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
-                    Err(why) => {
-                        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
-                            .into_response()
-                    }
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    )
+                        .into_response(),
                 }
             }),
         )
@@ -278,7 +279,9 @@ mod tests {
         assert!(text.contains(
             "fleet_processor_records_total{component=\"test-proc\",topic=\"fleet.telemetry\",outcome=\"ok\"} 3"
         ), "{text}");
-        assert!(text.contains("fleet_processor_dead_letters_total{component=\"test-proc\",reason=\"decode_error\"} 1"));
+        assert!(text.contains(
+            "fleet_processor_dead_letters_total{component=\"test-proc\",reason=\"decode_error\"} 1"
+        ));
         assert!(text.contains("fleet_consumer_lag_records{component=\"test-proc\",topic=\"fleet.telemetry\",partition=\"4\"} 17"));
     }
 

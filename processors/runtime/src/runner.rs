@@ -140,12 +140,13 @@ impl Runtime {
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let metrics = Metrics::new(component);
-        metrics
-            .health
-            .stall_timeout_ms
-            .store(config.runner.stall_timeout.as_millis() as i64, Ordering::Relaxed);
+        metrics.health.stall_timeout_ms.store(
+            config.runner.stall_timeout.as_millis() as i64,
+            Ordering::Relaxed,
+        );
         metrics.health.progress(now_ms());
-        let http_addr = crate::metrics::serve(&config.http.listen, metrics.clone(), shutdown).await?;
+        let http_addr =
+            crate::metrics::serve(&config.http.listen, metrics.clone(), shutdown).await?;
         if let Some(addr) = http_addr {
             tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
         }
@@ -225,7 +226,9 @@ impl Runtime {
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "final commit failed; inputs after the last auto-commit will be re-processed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; inputs after the last auto-commit will be re-processed")
+            }
         }
         tracing::info!(?summary, "run loop stopped");
         result.map(|()| summary)
@@ -371,10 +374,10 @@ impl InFlight {
                 }
             }
         }
-        if head.pending.is_empty() {
-            if let Some(entry) = self.entries.pop_front() {
-                return Poll::Ready(Settled::Done(entry));
-            }
+        if head.pending.is_empty()
+            && let Some(entry) = self.entries.pop_front()
+        {
+            return Poll::Ready(Settled::Done(entry));
         }
         Poll::Pending
     }
@@ -669,15 +672,18 @@ impl<P: Processor> Loop<'_, P> {
     }
 
     /// Produces the staged outputs and queues them as one in-flight entry.
-    async fn enqueue(&mut self, source: Option<(Arc<str>, i32, i64)>, dead_lettered: bool) -> Result<()> {
+    async fn enqueue(
+        &mut self,
+        source: Option<(Arc<str>, i32, i64)>,
+        dead_lettered: bool,
+    ) -> Result<()> {
         let mut pending = Vec::with_capacity(self.out.staged.len());
         for i in 0..self.out.staged.len() {
             let s = self.out.staged[i].clone();
             let key = &self.out.arena[s.key.clone()];
             let payload = &self.out.arena[s.payload.clone()];
-            let fut =
-                send_with_backpressure(&self.rt.producer, &s.topic, Some(key), Some(payload))
-                    .await?;
+            let fut = send_with_backpressure(&self.rt.producer, &s.topic, Some(key), Some(payload))
+                .await?;
             pending.push((s.topic, fut));
         }
         self.summary.outputs += pending.len() as u64;

@@ -16,7 +16,8 @@ pub fn brokers() -> String {
 
 /// `FLEET_SCHEMA_REGISTRY_URL`, or the local stack's default.
 pub fn registry_url() -> String {
-    std::env::var("FLEET_SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".to_owned())
+    std::env::var("FLEET_SCHEMA_REGISTRY_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:8081".to_owned())
 }
 
 /// A fresh name like `prefix-3f9a1c2b` (the local broker must never have a topic deleted).

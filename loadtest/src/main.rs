@@ -1,0 +1,249 @@
+//! `fleet-loadtest`: load scenarios against the local stack.
+//!
+//! ## `passthrough` scenario
+//! Measures the shared run loop's cost: N `TelemetryReading`s are written to a fresh topic,
+//! then read twice in the same run from the same broker:
+//!
+//! 1. by a bare librdkafka consumer that only counts records (the ceiling), and
+//! 2. by `passthrough-processor` (decode Avro, validate, encode, produce with acks=all, wait
+//!    for the acknowledgement, store the offset), counted on its output topic.
+//!
+//! Rates are measured from the first record seen to the last (start-up and group join are
+//! excluded from both), and the report gives the ratio. Run release builds:
+//!
+//! ```text
+//! cargo build --release -p fleet-loadtest -p fleet-passthrough
+//! target/release/fleet-loadtest passthrough --records 200000
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use fleet_runtime::testkit;
+use fleet_schemas::{Encoder, Position, Registry, TelemetryReading, ids};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "fleetstream load scenarios against the local stack")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// passthrough-processor vs a bare consumer on the same topic.
+    Passthrough {
+        /// Records to write and read.
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        /// Partitions of the input topic.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// Distinct vehicles (keys).
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// Write the JSON report here as well as to stdout.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct PassthroughReport {
+    records: usize,
+    partitions: i32,
+    produce_records_per_s: f64,
+    bare_consumer_records_per_s: f64,
+    passthrough_records_per_s: f64,
+    passthrough_over_bare: f64,
+    passthrough_outputs: usize,
+}
+
+fn reading(i: usize, vehicles: usize) -> TelemetryReading {
+    let v = i % vehicles;
+    let vehicle_id = format!("VEH-{v:05}");
+    let t = 1_700_000_000_000 + (i / vehicles) as i64 * 2_000;
+    TelemetryReading {
+        event_id: ids::derived_id(&[&vehicle_id, &t.to_string()]),
+        vehicle_id,
+        event_time: t,
+        ingest_time: t + 30,
+        sent_time: Some(t + 10),
+        position: Position::new(4.6 + (v as f64) * 1e-4, -74.08 + (i as f64) * 1e-7),
+        speed_kmh: Some((i % 110) as f64),
+        heading_deg: Some((i % 360) as f64),
+        cargo_temp_c: Some(3.5 + (i % 10) as f64 * 0.1),
+        door_open: Some(false),
+        ignition_on: Some(true),
+        accel_mps2: None,
+        odometer_km: Some(100_000.0 + i as f64 * 0.01),
+        battery_v: Some(12.7),
+        camera_active: None,
+        source: "loadtest".into(),
+    }
+}
+
+/// Counts records on `topic` from the beginning until `want`; returns (first-seen, last-seen).
+fn count_topic(
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+) -> anyhow::Result<(Instant, Instant, usize)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", testkit::brokers())
+        .set("group.id", testkit::random_name("bench-count"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.min.bytes", "1")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let deadline = Instant::now() + timeout;
+    let mut first = None;
+    let mut last = Instant::now();
+    let mut n = 0;
+    while n < want {
+        if Instant::now() > deadline {
+            bail!("timed out on {topic}: {n} of {want} records");
+        }
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            m?;
+            n += 1;
+            last = Instant::now();
+            first.get_or_insert(last);
+        }
+    }
+    Ok((first.unwrap_or(last), last, n))
+}
+
+fn rate(n: usize, first: Instant, last: Instant) -> f64 {
+    let secs = last.duration_since(first).as_secs_f64().max(1e-6);
+    (n.saturating_sub(1)) as f64 / secs
+}
+
+async fn passthrough(
+    records: usize,
+    partitions: i32,
+    vehicles: usize,
+) -> anyhow::Result<PassthroughReport> {
+    let input = testkit::random_name("bench.in");
+    let output = testkit::random_name("bench.out");
+    testkit::create_topic(&input, partitions).await;
+    testkit::create_topic(&output, partitions).await;
+    let registry = Registry::new(&testkit::registry_url())?;
+    let enc = Encoder::<TelemetryReading>::register(&registry, &input)
+        .await
+        .context("registering the schema (is the stack up? scripts/stack.sh up)")?;
+
+    eprintln!("writing {records} records to {input} ({partitions} partitions)");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", testkit::brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .create()?;
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(records);
+    let mut buf = Vec::new();
+    for i in 0..records {
+        let r = reading(i, vehicles);
+        enc.encode_into(&r, &mut buf)?;
+        loop {
+            match producer.send_result(
+                FutureRecord::to(&input)
+                    .key(r.vehicle_id.as_bytes())
+                    .payload(&buf),
+            ) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    let produce_rate = records as f64 / started.elapsed().as_secs_f64();
+    eprintln!("produced at {produce_rate:.0} records/s");
+
+    let topic = input.clone();
+    let (f, l, n) =
+        tokio::task::spawn_blocking(move || count_topic(&topic, records, Duration::from_secs(600)))
+            .await??;
+    let bare = rate(n, f, l);
+    eprintln!("bare consumer: {bare:.0} records/s");
+
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("passthrough-processor");
+    if !bin.exists() {
+        bail!(
+            "{} not built: cargo build --release -p fleet-passthrough",
+            bin.display()
+        );
+    }
+    let mut child = Command::new(&bin)
+        .env("FLEET_KAFKA_BROKERS", testkit::brokers())
+        .env("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url())
+        .env("FLEET__APP__INPUT_TOPIC", &input)
+        .env("FLEET__APP__OUTPUT_TOPIC", &output)
+        .env("FLEET__KAFKA__GROUP_ID", testkit::random_name("bench.pass"))
+        .env("FLEET__KAFKA__CREATE_TOPICS", "false")
+        .env("FLEET_HTTP_LISTEN", "")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let topic = output.clone();
+    let counted =
+        tokio::task::spawn_blocking(move || count_topic(&topic, records, Duration::from_secs(600)))
+            .await?;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let (f, l, n) = counted?;
+    let pass = rate(n, f, l);
+    eprintln!("passthrough-processor: {pass:.0} records/s");
+    Ok(PassthroughReport {
+        records,
+        partitions,
+        produce_records_per_s: produce_rate.round(),
+        bare_consumer_records_per_s: bare.round(),
+        passthrough_records_per_s: pass.round(),
+        passthrough_over_bare: (pass / bare * 1000.0).round() / 1000.0,
+        passthrough_outputs: n,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.scenario {
+        Scenario::Passthrough {
+            records,
+            partitions,
+            vehicles,
+            report,
+        } => {
+            let r = passthrough(records, partitions, vehicles.max(1)).await?;
+            let json = serde_json::to_string_pretty(&r)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
