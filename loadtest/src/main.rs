@@ -61,8 +61,10 @@ struct PassthroughReport {
     partitions: i32,
     produce_records_per_s: f64,
     bare_consumer_records_per_s: f64,
+    bare_pipe_records_per_s: f64,
     passthrough_records_per_s: f64,
     passthrough_over_bare: f64,
+    passthrough_over_bare_pipe: f64,
     passthrough_outputs: usize,
 }
 
@@ -120,6 +122,43 @@ fn count_topic(
         }
     }
     Ok((first.unwrap_or(last), last, n))
+}
+
+/// Forwards raw records from `src` to `dst` until `stop`.
+fn bare_pipe(src: &str, dst: &str, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+    use rdkafka::Message;
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", testkit::brokers())
+        .set("group.id", testkit::random_name("bench-pipe"))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    c.subscribe(&[src])?;
+    let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", testkit::brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()?;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m?;
+            let mut rec = BaseRecord::<[u8], [u8]>::to(dst);
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            if let Some(v) = m.payload() {
+                rec = rec.payload(v);
+            }
+            while let Err((_, r)) = p.send(rec) {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30))?;
+    Ok(())
 }
 
 fn rate(n: usize, first: Instant, last: Instant) -> f64 {
@@ -183,6 +222,24 @@ async fn passthrough(
     let bare = rate(n, f, l);
     eprintln!("bare consumer: {bare:.0} records/s");
 
+    // A bare pipe: consume and re-produce the raw bytes (acks=all, idempotent), no decoding,
+    // no per-record acknowledgement tracking: what any consume-transform-produce costs here.
+    let piped = testkit::random_name("bench.pipe");
+    testkit::create_topic(&piped, partitions).await;
+    let (src, dst) = (input.clone(), piped.clone());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let pipe = tokio::task::spawn_blocking(move || bare_pipe(&src, &dst, &stop2));
+    let topic = piped.clone();
+    let counted =
+        tokio::task::spawn_blocking(move || count_topic(&topic, records, Duration::from_secs(600)))
+            .await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pipe.await??;
+    let (f, l, n) = counted?;
+    let bare_pipe = rate(n, f, l);
+    eprintln!("bare pipe (consume + produce raw bytes): {bare_pipe:.0} records/s");
+
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("passthrough-processor");
     if !bin.exists() {
@@ -220,8 +277,10 @@ async fn passthrough(
         partitions,
         produce_records_per_s: produce_rate.round(),
         bare_consumer_records_per_s: bare.round(),
+        bare_pipe_records_per_s: bare_pipe.round(),
         passthrough_records_per_s: pass.round(),
         passthrough_over_bare: (pass / bare * 1000.0).round() / 1000.0,
+        passthrough_over_bare_pipe: (pass / bare_pipe * 1000.0).round() / 1000.0,
         passthrough_outputs: n,
     })
 }
