@@ -151,7 +151,7 @@ config_section! {
         pub brokers: String = "127.0.0.1:9092".to_owned(), env = "FLEET_KAFKA_BROKERS",
         /// Consumer group id; empty means the binary's default (its own name).
         pub group_id: String = String::new(),
-        /// Create missing topics at start with the partition counts and configs of `topics.rs`.
+        /// Create missing fleet.* topics at start (partition counts and configs of `kafka::fleet_topics`).
         pub create_topics: bool = true,
         /// Partitions for topics created at start (fleet.telemetry always gets at least 12).
         pub default_partitions: i32 = 6,
@@ -296,7 +296,7 @@ impl<A: Section> Config<A> {
                 }
             }
             for line in d.doc.lines() {
-                let _ = write!(out, "\n      {line}");
+                let _ = write!(out, "\n      {}", line.trim());
             }
         }
         out.push('\n');
