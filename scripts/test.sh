@@ -39,10 +39,11 @@ fi
 log "building every binary (end-to-end tests run them as processes)"
 cargo build -q --workspace --bins
 
+log "doc tests"
+cargo test -q --workspace --doc
+log "unit, integration and end-to-end tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace "${features[@]}" --no-fail-fast
 else
   cargo test --workspace "${features[@]}" --no-fail-fast
 fi
-log "doc tests"
-cargo test -q --workspace --doc
