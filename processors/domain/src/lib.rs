@@ -1,0 +1,37 @@
+//! # fleet-domain
+//!
+//! The pure domain logic of fleetstream: no Kafka, no database, no async runtime, and time is
+//! always a parameter, so every rule is unit- and property-testable and benchmarkable.
+//!
+//! * [`Windows`]: tumbling and hopping event-time window assignment.
+//! * [`Watermark`]: per-partition watermark with allowed lateness and idle advancement.
+//! * [`WindowAggregate`]: count, speed avg/max, cargo temperature min/avg/max, distance
+//!   (haversine between consecutive readings in event-time order), moving vs idle time, first
+//!   and last reading; out-of-order readings are placed in event-time order, replays ignored.
+//! * [`KeyedWindows`]: the open windows of every vehicle of one partition; closes them as the
+//!   watermark passes their end; late readings are reported, not aggregated.
+//! * [`geo`]: geodesy through the `geo` crate.
+//!
+//! ## Design
+//! Binaries map their records to [`Sample`]s, feed them with the partition's watermark, and
+//! turn [`Closed`] windows into output records. State is plain data (serde), so a binary can
+//! persist it with the offsets it covers.
+
+mod aggregate;
+pub mod geo;
+mod keyed;
+mod watermark;
+mod window;
+
+pub use aggregate::{Added, Sample, Summary, WindowAggregate};
+pub use keyed::{Closed, KeyedWindows, Outcome};
+pub use watermark::Watermark;
+pub use window::{WindowBounds, Windows};
+
+/// Errors of the domain crate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// A window definition that cannot work.
+    #[error("invalid window: {0}")]
+    InvalidWindow(String),
+}
