@@ -98,14 +98,7 @@ fn count_topic(
     want: usize,
     timeout: Duration,
 ) -> anyhow::Result<(Instant, Instant, usize)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", testkit::brokers())
-        .set("group.id", testkit::random_name("bench-count"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.min.bytes", "1")
-        .create()?;
-    c.subscribe(&[topic])?;
+    let c = testkit::fresh_reader("bench-count", topic);
     let deadline = Instant::now() + timeout;
     let mut first = None;
     let mut last = Instant::now();

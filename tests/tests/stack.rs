@@ -27,35 +27,34 @@ fn mqtt_port() -> String {
         .unwrap_or_else(|| "1883".into())
 }
 
+/// `mosquitto_pub` or `mosquitto_sub` against the local broker at QoS 1 as `user`.
+fn mqtt(bin: &str, user: &str, password: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &mqtt_port(),
+        "-q",
+        "1",
+        "-u",
+        user,
+        "-P",
+        password,
+    ]);
+    cmd
+}
+
 fn publish(user: &str, password: &str, topic: &str, msg: &str) -> Output {
-    Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt_port(),
-            "-q",
-            "1",
-            "-u",
-            user,
-            "-P",
-            password,
-        ])
+    mqtt("mosquitto_pub", user, password)
         .args(["-t", topic, "-m", msg])
         .output()
         .expect("mosquitto_pub installed by scripts/stack.sh")
 }
 
-/// Subscribes as the bridge and returns what arrived within `secs`.
-fn subscribe(creds: &HashMap<String, String>, topic: &str, secs: u32) -> std::process::Child {
-    Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &mqtt_port(), "-q", "1"])
-        .args([
-            "-u",
-            &creds["FLEET_MQTT_BRIDGE_USER"],
-            "-P",
-            &creds["FLEET_MQTT_BRIDGE_PASSWORD"],
-        ])
+/// Subscribes as `user` and collects what arrives within `secs`.
+fn subscribe(user: &str, password: &str, topic: &str, secs: u32) -> std::process::Child {
+    mqtt("mosquitto_sub", user, password)
         .args(["-t", topic, "-v", "-W", &secs.to_string()])
         .stdout(Stdio::piped())
         .spawn()
@@ -66,7 +65,12 @@ fn subscribe(creds: &HashMap<String, String>, topic: &str, secs: u32) -> std::pr
 fn mqtt_requires_credentials_and_enforces_the_per_vehicle_acl() {
     let creds = credentials();
     let device_pw = &creds["FLEET_MQTT_DEVICE_PASSWORD"];
-    let sub = subscribe(&creds, "vehicle/+/telemetry", 4);
+    let sub = subscribe(
+        &creds["FLEET_MQTT_BRIDGE_USER"],
+        &creds["FLEET_MQTT_BRIDGE_PASSWORD"],
+        "vehicle/+/telemetry",
+        4,
+    );
     std::thread::sleep(std::time::Duration::from_millis(700));
 
     // A vehicle publishes under its own id: delivered.
@@ -128,23 +132,7 @@ fn mqtt_requires_credentials_and_enforces_the_per_vehicle_acl() {
 fn a_vehicle_reads_only_its_own_commands() {
     let creds = credentials();
     let device_pw = creds["FLEET_MQTT_DEVICE_PASSWORD"].clone();
-    let spy = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt_port(),
-            "-q",
-            "1",
-            "-u",
-            "VEH-TEST-003",
-            "-P",
-            &device_pw,
-        ])
-        .args(["-t", "vehicle/+/commands/#", "-v", "-W", "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub");
+    let spy = subscribe("VEH-TEST-003", &device_pw, "vehicle/+/commands/#", 3);
     std::thread::sleep(std::time::Duration::from_millis(700));
     for v in ["VEH-TEST-003", "VEH-TEST-004"] {
         let o = publish(

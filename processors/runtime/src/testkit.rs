@@ -75,32 +75,30 @@ pub struct Consumed {
     pub payload: Vec<u8>,
 }
 
-/// Reads `topic` from the beginning with a fresh group until `want` records arrived or
-/// `timeout` passed; returns what it read.
-pub fn read_topic(topic: &str, want: usize, timeout: Duration) -> Vec<Consumed> {
+/// A consumer in a fresh group, subscribed to `topic`, reading it from the beginning.
+pub fn fresh_reader(prefix: &str, topic: &str) -> BaseConsumer {
     #[allow(clippy::expect_used)]
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", random_name("reader"))
+        .set("group.id", random_name(prefix))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .expect("test consumer");
     #[allow(clippy::expect_used)]
     c.subscribe(&[topic]).expect("subscribe");
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < want && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push(Consumed {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            });
+    c
+}
+
+impl Consumed {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Self {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         }
     }
-    out
 }
 
 /// Follows a topic from the beginning in a background thread, collecting every record.
@@ -120,24 +118,10 @@ impl TopicTail {
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s, t) = (records.clone(), stop.clone(), topic.to_owned());
         let handle = std::thread::spawn(move || {
-            #[allow(clippy::expect_used)]
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", brokers())
-                .set("group.id", random_name("tail"))
-                .set("auto.offset.reset", "earliest")
-                .set("enable.auto.commit", "false")
-                .create()
-                .expect("tail consumer");
-            #[allow(clippy::expect_used)]
-            c.subscribe(&[&t]).expect("subscribe");
+            let c = fresh_reader("tail", &t);
             while !s.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                    let rec = Consumed {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    };
+                    let rec = Consumed::of(&m);
                     if let Ok(mut v) = r.lock() {
                         v.push(rec);
                     }
