@@ -1,0 +1,260 @@
+//! # fleet-state
+//!
+//! The state store of fleetstream's processors: the latest state of every vehicle
+//! (`vehicle_state`) and closed window aggregates (`vehicle_windows`), behind one trait,
+//! [`StateStore`], with the backend chosen by URL ([`Store::open`]):
+//!
+//! * `sqlite://path/to/file.db` (relative) or `sqlite:///abs/path.db`: the embedded default.
+//!   WAL journal, busy timeout, one transaction per batch; several processes may share a file.
+//! * `scylla://host:port/keyspace`: planned (issue 3); not available yet, and [`Store::open`]
+//!   says so rather than falling back to something else.
+//!
+//! ## Semantics (every backend)
+//! * `vehicle_state`: one row per vehicle; an older event never overwrites a newer one (the
+//!   row with the greater `event_time` wins), so replays and out-of-order writes are harmless.
+//! * `vehicle_windows`: keyed by (vehicle, day of the window start, window start); writing the
+//!   same window again replaces it (idempotent upsert).
+//! * Rows expire after their TTL (`vehicle_state` 7 days and `vehicle_windows` 30 days by
+//!   default); time is a parameter (`now_ms`), so expiry is testable.
+//!
+//! ## Example
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use fleet_state::{StateStore, Store, StoreOptions, VehicleState};
+//! let dir = tempfile::tempdir().unwrap();
+//! let url = format!("sqlite://{}/state.db", dir.path().display());
+//! let store = Store::open(&url, StoreOptions::default()).await.unwrap();
+//! let mut s = VehicleState::new("VEH-1", 1_000, 4.6, -74.08);
+//! s.speed_kmh = Some(60.0);
+//! store.upsert_vehicle_states(&[s.clone()], 2_000).await.unwrap();
+//! assert_eq!(store.vehicle_state("VEH-1", 2_000).await.unwrap(), Some(s));
+//! # });
+//! ```
+
+mod sqlite;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// State store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL names no backend this build has, or is malformed.
+    #[error("state store URL {url:?}: {why}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The backend failed (I/O, busy beyond the timeout, constraint): usually transient.
+    #[error("state backend: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Backend(e.to_string())
+    }
+}
+
+/// Time-to-live of the stored rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// TTL of `vehicle_state` rows, from their last write.
+    pub vehicle_state_ttl: Duration,
+    /// TTL of `vehicle_windows` rows, from their write.
+    pub windows_ttl: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            vehicle_state_ttl: Duration::from_secs(7 * 24 * 3600),
+            windows_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// The latest known state of one vehicle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VehicleState {
+    /// Vehicle id.
+    pub vehicle_id: String,
+    /// Event time of the reading this state comes from (ms).
+    pub event_time: i64,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Speed, km/h.
+    pub speed_kmh: Option<f64>,
+    /// Heading, degrees.
+    pub heading_deg: Option<f64>,
+    /// Cargo temperature, Celsius.
+    pub cargo_temp_c: Option<f64>,
+    /// Cargo door open.
+    pub door_open: Option<bool>,
+    /// Ignition on.
+    pub ignition_on: Option<bool>,
+    /// event_id of the reading.
+    pub event_id: String,
+}
+
+impl VehicleState {
+    /// A state with a position and nothing else.
+    pub fn new(vehicle_id: &str, event_time: i64, lat: f64, lon: f64) -> Self {
+        Self {
+            vehicle_id: vehicle_id.to_owned(),
+            event_time,
+            lat,
+            lon,
+            speed_kmh: None,
+            heading_deg: None,
+            cargo_temp_c: None,
+            door_open: None,
+            ignition_on: None,
+            event_id: String::new(),
+        }
+    }
+}
+
+/// One closed window of one vehicle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowRow {
+    /// Vehicle id.
+    pub vehicle_id: String,
+    /// Inclusive start (ms).
+    pub window_start: i64,
+    /// Exclusive end (ms).
+    pub window_end: i64,
+    /// Readings.
+    pub count: i64,
+    /// Mean speed.
+    pub speed_avg_kmh: Option<f64>,
+    /// Max speed.
+    pub speed_max_kmh: Option<f64>,
+    /// Min cargo temperature.
+    pub cargo_temp_min_c: Option<f64>,
+    /// Mean cargo temperature.
+    pub cargo_temp_avg_c: Option<f64>,
+    /// Max cargo temperature.
+    pub cargo_temp_max_c: Option<f64>,
+    /// Distance, metres.
+    pub distance_m: f64,
+    /// Seconds moving.
+    pub moving_s: f64,
+    /// Seconds idle.
+    pub idle_s: f64,
+    /// Deterministic event id of the window.
+    pub event_id: String,
+}
+
+/// Day number (days since the epoch) of a window start: the partition of `vehicle_windows`.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+/// What every backend offers.
+pub trait StateStore: Send + Sync {
+    /// Writes a batch of states; per vehicle, the newest `event_time` wins, whatever the order
+    /// of calls. Returns how many rows changed.
+    fn upsert_vehicle_states(
+        &self,
+        rows: &[VehicleState],
+        now_ms: i64,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// The state of `vehicle_id`, unless absent or expired at `now_ms`.
+    fn vehicle_state(
+        &self,
+        vehicle_id: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<VehicleState>>> + Send;
+
+    /// Writes closed windows (idempotent per vehicle and window start).
+    fn put_windows(
+        &self,
+        rows: &[WindowRow],
+        now_ms: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Windows of `vehicle_id` starting in `[from_ms, to_ms)`, oldest first, unexpired.
+    fn windows(
+        &self,
+        vehicle_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<WindowRow>>> + Send;
+}
+
+/// A store chosen by URL.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Embedded SQLite.
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens the backend named by `url`, creating its tables if needed.
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(Error::Url {
+                    url: url.to_owned(),
+                    why: "no file path after sqlite://".into(),
+                });
+            }
+            return Ok(Store::Sqlite(SqliteStore::open(path, options).await?));
+        }
+        let why = if url.starts_with("scylla://") {
+            "the scylla backend is not implemented yet (issue 3); use sqlite://path".to_owned()
+        } else {
+            "unknown scheme: expected sqlite://path".to_owned()
+        };
+        Err(Error::Url {
+            url: url.to_owned(),
+            why,
+        })
+    }
+}
+
+impl StateStore for Store {
+    async fn upsert_vehicle_states(&self, rows: &[VehicleState], now_ms: i64) -> Result<usize> {
+        match self {
+            Store::Sqlite(s) => s.upsert_vehicle_states(rows, now_ms).await,
+        }
+    }
+
+    async fn vehicle_state(&self, vehicle_id: &str, now_ms: i64) -> Result<Option<VehicleState>> {
+        match self {
+            Store::Sqlite(s) => s.vehicle_state(vehicle_id, now_ms).await,
+        }
+    }
+
+    async fn put_windows(&self, rows: &[WindowRow], now_ms: i64) -> Result<()> {
+        match self {
+            Store::Sqlite(s) => s.put_windows(rows, now_ms).await,
+        }
+    }
+
+    async fn windows(
+        &self,
+        vehicle_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<WindowRow>> {
+        match self {
+            Store::Sqlite(s) => s.windows(vehicle_id, from_ms, to_ms, now_ms).await,
+        }
+    }
+}

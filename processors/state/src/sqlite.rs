@@ -1,0 +1,281 @@
+//! The embedded SQLite backend.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Error, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS vehicle_state (
+    vehicle_id   TEXT PRIMARY KEY,
+    event_time   INTEGER NOT NULL,
+    lat          REAL NOT NULL,
+    lon          REAL NOT NULL,
+    speed_kmh    REAL,
+    heading_deg  REAL,
+    cargo_temp_c REAL,
+    door_open    INTEGER,
+    ignition_on  INTEGER,
+    event_id     TEXT NOT NULL,
+    expires_at   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vehicle_windows (
+    vehicle_id       TEXT NOT NULL,
+    day              INTEGER NOT NULL,
+    window_start     INTEGER NOT NULL,
+    window_end       INTEGER NOT NULL,
+    count            INTEGER NOT NULL,
+    speed_avg_kmh    REAL,
+    speed_max_kmh    REAL,
+    cargo_temp_min_c REAL,
+    cargo_temp_avg_c REAL,
+    cargo_temp_max_c REAL,
+    distance_m       REAL NOT NULL,
+    moving_s         REAL NOT NULL,
+    idle_s           REAL NOT NULL,
+    event_id         TEXT NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    PRIMARY KEY (vehicle_id, day, window_start)
+);
+CREATE INDEX IF NOT EXISTS vehicle_state_expiry ON vehicle_state(expires_at);
+CREATE INDEX IF NOT EXISTS vehicle_windows_expiry ON vehicle_windows(expires_at);
+";
+
+/// Expired rows are purged once every this many writes.
+const PURGE_EVERY: u64 = 256;
+
+/// SQLite in WAL mode; blocking calls run on tokio's blocking pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Mutex<Inner>>,
+    options: StoreOptions,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: Connection,
+    writes: u64,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub async fn open(path: &str, options: StoreOptions) -> Result<Self> {
+        let path = PathBuf::from(path);
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| Error::Backend(e.to_string()))?;
+            }
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))??;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner { conn, writes: 0 })),
+            options,
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner
+                .lock()
+                .map_err(|_| Error::Backend("sqlite connection mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))?
+    }
+}
+
+impl Inner {
+    fn maybe_purge(&mut self, now_ms: i64) -> Result<()> {
+        self.writes += 1;
+        if self.writes % PURGE_EVERY == 1 {
+            self.conn
+                .execute("DELETE FROM vehicle_state WHERE expires_at <= ?1", [now_ms])?;
+            self.conn.execute(
+                "DELETE FROM vehicle_windows WHERE expires_at <= ?1",
+                [now_ms],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl StateStore for SqliteStore {
+    async fn upsert_vehicle_states(&self, rows: &[VehicleState], now_ms: i64) -> Result<usize> {
+        let rows = rows.to_vec();
+        let expires = now_ms.saturating_add(ms(self.options.vehicle_state_ttl));
+        self.with(move |inner| {
+            let tx = inner.conn.transaction()?;
+            let mut changed = 0;
+            {
+                // The newest event wins: an update applies only when it is not older.
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO vehicle_state (vehicle_id, event_time, lat, lon, speed_kmh,
+                        heading_deg, cargo_temp_c, door_open, ignition_on, event_id, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT(vehicle_id) DO UPDATE SET
+                        event_time = excluded.event_time, lat = excluded.lat, lon = excluded.lon,
+                        speed_kmh = excluded.speed_kmh, heading_deg = excluded.heading_deg,
+                        cargo_temp_c = excluded.cargo_temp_c, door_open = excluded.door_open,
+                        ignition_on = excluded.ignition_on, event_id = excluded.event_id,
+                        expires_at = excluded.expires_at
+                     WHERE excluded.event_time >= vehicle_state.event_time
+                        OR vehicle_state.expires_at <= ?12",
+                )?;
+                for r in &rows {
+                    changed += stmt.execute(params![
+                        r.vehicle_id,
+                        r.event_time,
+                        r.lat,
+                        r.lon,
+                        r.speed_kmh,
+                        r.heading_deg,
+                        r.cargo_temp_c,
+                        r.door_open,
+                        r.ignition_on,
+                        r.event_id,
+                        expires,
+                        now_ms,
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            inner.maybe_purge(now_ms)?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn vehicle_state(&self, vehicle_id: &str, now_ms: i64) -> Result<Option<VehicleState>> {
+        let id = vehicle_id.to_owned();
+        self.with(move |inner| {
+            let row = inner
+                .conn
+                .prepare_cached(
+                    "SELECT vehicle_id, event_time, lat, lon, speed_kmh, heading_deg,
+                        cargo_temp_c, door_open, ignition_on, event_id
+                     FROM vehicle_state WHERE vehicle_id = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![id, now_ms], |r| {
+                    Ok(VehicleState {
+                        vehicle_id: r.get(0)?,
+                        event_time: r.get(1)?,
+                        lat: r.get(2)?,
+                        lon: r.get(3)?,
+                        speed_kmh: r.get(4)?,
+                        heading_deg: r.get(5)?,
+                        cargo_temp_c: r.get(6)?,
+                        door_open: r.get(7)?,
+                        ignition_on: r.get(8)?,
+                        event_id: r.get(9)?,
+                    })
+                })
+                .optional()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn put_windows(&self, rows: &[WindowRow], now_ms: i64) -> Result<()> {
+        let rows = rows.to_vec();
+        let expires = now_ms.saturating_add(ms(self.options.windows_ttl));
+        self.with(move |inner| {
+            let tx = inner.conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO vehicle_windows (vehicle_id, day, window_start,
+                        window_end, count, speed_avg_kmh, speed_max_kmh, cargo_temp_min_c,
+                        cargo_temp_avg_c, cargo_temp_max_c, distance_m, moving_s, idle_s,
+                        event_id, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )?;
+                for w in &rows {
+                    stmt.execute(params![
+                        w.vehicle_id,
+                        day_of(w.window_start),
+                        w.window_start,
+                        w.window_end,
+                        w.count,
+                        w.speed_avg_kmh,
+                        w.speed_max_kmh,
+                        w.cargo_temp_min_c,
+                        w.cargo_temp_avg_c,
+                        w.cargo_temp_max_c,
+                        w.distance_m,
+                        w.moving_s,
+                        w.idle_s,
+                        w.event_id,
+                        expires,
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            inner.maybe_purge(now_ms)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn windows(
+        &self,
+        vehicle_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<WindowRow>> {
+        let id = vehicle_id.to_owned();
+        self.with(move |inner| {
+            let mut stmt = inner.conn.prepare_cached(
+                "SELECT vehicle_id, window_start, window_end, count, speed_avg_kmh,
+                    speed_max_kmh, cargo_temp_min_c, cargo_temp_avg_c, cargo_temp_max_c,
+                    distance_m, moving_s, idle_s, event_id
+                 FROM vehicle_windows
+                 WHERE vehicle_id = ?1 AND day BETWEEN ?2 AND ?3
+                   AND window_start >= ?4 AND window_start < ?5 AND expires_at > ?6
+                 ORDER BY window_start",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![id, day_of(from_ms), day_of(to_ms), from_ms, to_ms, now_ms],
+                    |r| {
+                        Ok(WindowRow {
+                            vehicle_id: r.get(0)?,
+                            window_start: r.get(1)?,
+                            window_end: r.get(2)?,
+                            count: r.get(3)?,
+                            speed_avg_kmh: r.get(4)?,
+                            speed_max_kmh: r.get(5)?,
+                            cargo_temp_min_c: r.get(6)?,
+                            cargo_temp_avg_c: r.get(7)?,
+                            cargo_temp_max_c: r.get(8)?,
+                            distance_m: r.get(9)?,
+                            moving_s: r.get(10)?,
+                            idle_s: r.get(11)?,
+                            event_id: r.get(12)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}

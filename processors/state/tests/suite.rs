@@ -1,0 +1,252 @@
+//! The behaviour every state backend must have, as one generic suite. It runs against SQLite
+//! here; the Scylla backend (issue 3) will run the same suite against kassandra and ScyllaDB.
+
+use std::time::Duration;
+
+use fleet_state::{StateStore, Store, StoreOptions, VehicleState, WindowRow};
+
+fn state(id: &str, t: i64, lat: f64) -> VehicleState {
+    VehicleState {
+        vehicle_id: id.into(),
+        event_time: t,
+        lat,
+        lon: -74.0,
+        speed_kmh: Some(t as f64 / 1000.0),
+        heading_deg: None,
+        cargo_temp_c: Some(4.5),
+        door_open: Some(false),
+        ignition_on: None,
+        event_id: format!("e-{id}-{t}"),
+    }
+}
+
+fn window(id: &str, start: i64, count: i64) -> WindowRow {
+    WindowRow {
+        vehicle_id: id.into(),
+        window_start: start,
+        window_end: start + 60_000,
+        count,
+        speed_avg_kmh: Some(50.0),
+        speed_max_kmh: Some(80.0),
+        cargo_temp_min_c: None,
+        cargo_temp_avg_c: None,
+        cargo_temp_max_c: None,
+        distance_m: 812.5,
+        moving_s: 50.0,
+        idle_s: 10.0,
+        event_id: format!("w-{id}-{start}"),
+    }
+}
+
+const DAY: i64 = 86_400_000;
+
+async fn newest_event_wins(store: &impl StateStore) {
+    let now = 1_000_000;
+    assert_eq!(
+        store
+            .upsert_vehicle_states(&[state("A", 5_000, 1.0)], now)
+            .await
+            .expect("write"),
+        1
+    );
+    // Older event: ignored, whatever the call order.
+    assert_eq!(
+        store
+            .upsert_vehicle_states(&[state("A", 4_000, 2.0)], now)
+            .await
+            .expect("write"),
+        0
+    );
+    assert_eq!(
+        store.vehicle_state("A", now).await.expect("read"),
+        Some(state("A", 5_000, 1.0))
+    );
+    // Newer event, and in one batch the newest of several wins.
+    let batch = [
+        state("A", 7_000, 3.0),
+        state("A", 6_000, 4.0),
+        state("B", 1, 9.0),
+    ];
+    store
+        .upsert_vehicle_states(&batch, now)
+        .await
+        .expect("write");
+    assert_eq!(
+        store.vehicle_state("A", now).await.expect("read"),
+        Some(state("A", 7_000, 3.0))
+    );
+    assert_eq!(
+        store.vehicle_state("B", now).await.expect("read"),
+        Some(state("B", 1, 9.0))
+    );
+    // A replay of the current event is harmless.
+    store
+        .upsert_vehicle_states(&[state("A", 7_000, 3.0)], now)
+        .await
+        .expect("write");
+    assert_eq!(
+        store.vehicle_state("A", now).await.expect("read"),
+        Some(state("A", 7_000, 3.0))
+    );
+    assert_eq!(
+        store.vehicle_state("nobody", now).await.expect("read"),
+        None
+    );
+}
+
+async fn windows_are_idempotent_and_range_queried(store: &impl StateStore) {
+    let now = 1_000_000;
+    let rows: Vec<WindowRow> = (0..5)
+        .map(|i| window("V", DAY - 120_000 + i * 60_000, i))
+        .collect();
+    store.put_windows(&rows, now).await.expect("write");
+    store.put_windows(&rows[1..2], now).await.expect("replay");
+    let mut changed = window("V", rows[2].window_start, 99);
+    changed.distance_m = 1.0;
+    store
+        .put_windows(&[changed.clone()], now)
+        .await
+        .expect("replace");
+    // Crossing midnight: the range spans two day partitions.
+    let got = store
+        .windows("V", DAY - 120_000, DAY + 120_000, now)
+        .await
+        .expect("read");
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0], rows[0]);
+    assert_eq!(got[2], changed, "a re-written window replaces the old one");
+    let got = store
+        .windows("V", DAY, DAY + 60_000, now)
+        .await
+        .expect("read");
+    assert_eq!(
+        got.iter().map(|w| w.window_start).collect::<Vec<_>>(),
+        vec![DAY]
+    );
+    assert!(
+        store
+            .windows("other", 0, 10 * DAY, now)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
+async fn rows_expire(store: &impl StateStore, ttl: Duration) {
+    let ttl_ms = ttl.as_millis() as i64;
+    let t0 = 10_000_000;
+    store
+        .upsert_vehicle_states(&[state("X", 1, 1.0)], t0)
+        .await
+        .expect("write");
+    store
+        .put_windows(&[window("X", 0, 1)], t0)
+        .await
+        .expect("write");
+    assert!(
+        store
+            .vehicle_state("X", t0 + ttl_ms - 1)
+            .await
+            .expect("read")
+            .is_some()
+    );
+    assert!(
+        store
+            .vehicle_state("X", t0 + ttl_ms)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .windows("X", 0, DAY, t0 + ttl_ms - 1)
+            .await
+            .expect("read")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .windows("X", 0, DAY, t0 + ttl_ms)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    // After expiry even an older event may be written again: the row is gone.
+    store
+        .upsert_vehicle_states(&[state("X", 0, 5.0)], t0 + ttl_ms)
+        .await
+        .expect("write");
+    assert_eq!(
+        store
+            .vehicle_state("X", t0 + ttl_ms)
+            .await
+            .expect("read")
+            .map(|s| s.lat),
+        Some(5.0)
+    );
+}
+
+async fn suite(store: &impl StateStore, ttl: Duration) {
+    newest_event_wins(store).await;
+    windows_are_idempotent_and_range_queried(store).await;
+    rows_expire(store, ttl).await;
+}
+
+fn short_ttl() -> StoreOptions {
+    StoreOptions {
+        vehicle_state_ttl: Duration::from_secs(3600),
+        windows_ttl: Duration::from_secs(3600),
+    }
+}
+
+#[tokio::test]
+async fn sqlite_backend_passes_the_suite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}/nested/state.db", dir.path().display());
+    let store = Store::open(&url, short_ttl()).await.expect("open");
+    suite(&store, Duration::from_secs(3600)).await;
+}
+
+#[tokio::test]
+async fn several_processes_share_one_sqlite_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}/shared.db", dir.path().display());
+    // Two independent connections, as two processes would have, writing concurrently.
+    let a = Store::open(&url, StoreOptions::default()).await.expect("a");
+    let b = Store::open(&url, StoreOptions::default()).await.expect("b");
+    let wa = tokio::spawn(async move {
+        for t in 0..200 {
+            a.upsert_vehicle_states(&[state("S", t * 2, 1.0)], 1)
+                .await
+                .expect("a writes");
+        }
+    });
+    let wb = tokio::spawn(async move {
+        for t in 0..200 {
+            b.upsert_vehicle_states(&[state("S", t * 2 + 1, 2.0)], 1)
+                .await
+                .expect("b writes");
+        }
+    });
+    wa.await.expect("a");
+    wb.await.expect("b");
+    let c = Store::open(&url, StoreOptions::default()).await.expect("c");
+    let s = c.vehicle_state("S", 1).await.expect("read").expect("row");
+    assert_eq!(s.event_time, 399, "the newest event of either writer wins");
+}
+
+#[tokio::test]
+async fn urls_are_checked() {
+    for bad in [
+        "sqlite://",
+        "postgres://x",
+        "scylla://127.0.0.1:9042/fleet",
+        "nonsense",
+    ] {
+        assert!(
+            Store::open(bad, StoreOptions::default()).await.is_err(),
+            "{bad}"
+        );
+    }
+}
