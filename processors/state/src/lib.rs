@@ -6,8 +6,9 @@
 //!
 //! * `sqlite://path/to/file.db` (relative) or `sqlite:///abs/path.db`: the embedded default.
 //!   WAL journal, busy timeout, one transaction per batch; several processes may share a file.
-//! * `scylla://host:port/keyspace`: planned (issue 3); not available yet, and [`Store::open`]
-//!   says so rather than falling back to something else.
+//! * `scylla://host:port/keyspace[?replication_factor=N]`: ScyllaDB (or Cassandra) through the
+//!   `scylla` driver; keyspace and tables created at start, prepared statements, one UNLOGGED
+//!   batch per window partition, `USING TTL` where the server supports it (see [`ScyllaStore`]).
 //!
 //! ## Semantics (every backend)
 //! * `vehicle_state`: one row per vehicle; an older event never overwrites a newer one (the
@@ -31,6 +32,7 @@
 //! # });
 //! ```
 
+mod scylla;
 mod sqlite;
 
 use std::future::Future;
@@ -38,6 +40,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use scylla::{Dialect, ScyllaStore};
 pub use sqlite::SqliteStore;
 
 /// Result with this crate's [`Error`].
@@ -201,6 +204,8 @@ pub trait StateStore: Send + Sync {
 pub enum Store {
     /// Embedded SQLite.
     Sqlite(SqliteStore),
+    /// ScyllaDB (boxed: its prepared statements make it large).
+    Scylla(Box<ScyllaStore>),
 }
 
 impl Store {
@@ -215,14 +220,14 @@ impl Store {
             }
             return Ok(Store::Sqlite(SqliteStore::open(path, options).await?));
         }
-        let why = if url.starts_with("scylla://") {
-            "the scylla backend is not implemented yet (issue 3); use sqlite://path".to_owned()
-        } else {
-            "unknown scheme: expected sqlite://path".to_owned()
-        };
+        if url.starts_with("scylla://") {
+            return Ok(Store::Scylla(Box::new(
+                ScyllaStore::open(url, options).await?,
+            )));
+        }
         Err(Error::Url {
             url: url.to_owned(),
-            why,
+            why: "unknown scheme: expected sqlite://path or scylla://host:port/keyspace".into(),
         })
     }
 }
@@ -231,18 +236,21 @@ impl StateStore for Store {
     async fn upsert_vehicle_states(&self, rows: &[VehicleState], now_ms: i64) -> Result<usize> {
         match self {
             Store::Sqlite(s) => s.upsert_vehicle_states(rows, now_ms).await,
+            Store::Scylla(s) => s.upsert_vehicle_states(rows, now_ms).await,
         }
     }
 
     async fn vehicle_state(&self, vehicle_id: &str, now_ms: i64) -> Result<Option<VehicleState>> {
         match self {
             Store::Sqlite(s) => s.vehicle_state(vehicle_id, now_ms).await,
+            Store::Scylla(s) => s.vehicle_state(vehicle_id, now_ms).await,
         }
     }
 
     async fn put_windows(&self, rows: &[WindowRow], now_ms: i64) -> Result<()> {
         match self {
             Store::Sqlite(s) => s.put_windows(rows, now_ms).await,
+            Store::Scylla(s) => s.put_windows(rows, now_ms).await,
         }
     }
 
@@ -255,6 +263,7 @@ impl StateStore for Store {
     ) -> Result<Vec<WindowRow>> {
         match self {
             Store::Sqlite(s) => s.windows(vehicle_id, from_ms, to_ms, now_ms).await,
+            Store::Scylla(s) => s.windows(vehicle_id, from_ms, to_ms, now_ms).await,
         }
     }
 }
