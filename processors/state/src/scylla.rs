@@ -470,14 +470,12 @@ mod tests {
 
     #[test]
     fn urls() {
-        let t = parse_url("scylla://10.0.0.1:9042/fleet?replication_factor=3")
-            .ok()
-            .expect("valid");
+        let t = parse_url("scylla://10.0.0.1:9042/fleet?replication_factor=3").expect("valid");
         assert_eq!(
             (t.node.as_str(), t.keyspace.as_str(), t.replication_factor),
             ("10.0.0.1:9042", "fleet", 3)
         );
-        let t = parse_url("scylla://scylla/fleet").ok().expect("valid");
+        let t = parse_url("scylla://scylla/fleet").expect("valid");
         assert_eq!(t.node, "scylla:9042");
         for bad in [
             "scylla://host",
