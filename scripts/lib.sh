@@ -68,7 +68,7 @@ cargo_tool() {
   if [[ -x "$FLEET_TOOLS/bin/$bin" && -f "$marker" ]]; then
     return 0
   fi
-  log "installing $crate $version into $FLEET_TOOLS (one time; tansu takes ~16 min on 2 cores)"
+  log "installing $crate $version into $FLEET_TOOLS (one time; tansu alone takes ~15 min on 2 cores)"
   mkdir -p "$FLEET_TOOLS"
   cargo install "$crate" --version "$version" --locked --root "$FLEET_TOOLS" "$@" \
     >"$FLEET_CACHE/install-$crate.log" 2>&1 \
