@@ -217,6 +217,8 @@ impl Runtime {
             summary: RunSummary::default(),
             counters: Counters::new(&self.metrics),
             topics: Vec::new(),
+            dlq_log_budget: DLQ_LOG_PER_TICK,
+            dlq_log_suppressed: 0,
             shutdown,
         };
         let result = lp.run().await;
@@ -393,8 +395,13 @@ struct Loop<'r, P: Processor> {
     summary: RunSummary,
     counters: Counters,
     topics: Vec<Arc<str>>,
+    dlq_log_budget: u32,
+    dlq_log_suppressed: u64,
     shutdown: CancellationToken,
 }
+
+/// Dead letters logged individually per timer period.
+const DLQ_LOG_PER_TICK: u32 = 20;
 
 enum Step {
     Continue,
@@ -533,6 +540,14 @@ impl<P: Processor> Loop<'_, P> {
 
     async fn on_tick(&mut self) -> Result<Step> {
         let now = now_ms();
+        if self.dlq_log_suppressed > 0 {
+            tracing::warn!(
+                suppressed = self.dlq_log_suppressed,
+                "more records dead-lettered than logged (see fleet_processor_dead_letters_total)"
+            );
+            self.dlq_log_suppressed = 0;
+        }
+        self.dlq_log_budget = DLQ_LOG_PER_TICK;
         if self.in_flight.len() == 0 {
             self.rt.metrics.health.progress(now);
         }
@@ -656,14 +671,21 @@ impl<P: Processor> Loop<'_, P> {
             ingest_time: now,
         };
         self.rt.metrics.dead_letters(reason).inc();
-        tracing::warn!(
-            reason,
-            detail,
-            topic = msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
-            "record dead-lettered"
-        );
+        // Every dead letter is counted; at most DLQ_LOG_PER_TICK are logged per timer period so
+        // that a flood of bad input cannot flood the log (the rest are summarised on the tick).
+        if self.dlq_log_budget > 0 {
+            self.dlq_log_budget -= 1;
+            tracing::warn!(
+                reason,
+                detail,
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "record dead-lettered"
+            );
+        } else {
+            self.dlq_log_suppressed += 1;
+        }
         self.out.clear();
         let key = msg.key().unwrap_or(&[]);
         self.out
