@@ -1,6 +1,6 @@
 # Builds every fleetstream binary; one image, the binary chosen by the service's command.
 FROM rust:1.89-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev \
+RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -9,7 +9,7 @@ RUN cargo build --release --workspace --bins \
     && find target/release -maxdepth 1 -type f -executable -exec cp {} /out/ \;
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 fleet
 COPY --from=build /out/ /usr/local/bin/

@@ -54,10 +54,10 @@ need_apt() {
     || die "apt-get install ${missing[*]} failed"
 }
 
-# Build prerequisites of the workspace itself (rdkafka is built from source with cmake; its
-# bundled librdkafka 2.12 includes curl.h even with curl disabled).
+# Build prerequisites of the workspace itself (rdkafka is built from source with cmake, with
+# OpenSSL for TLS and SASL; its bundled librdkafka 2.12 includes curl.h even with curl disabled).
 need_build_deps() {
-  need_apt build-essential cmake pkg-config libcurl4-openssl-dev
+  need_apt build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev
 }
 
 # cargo_tool NAME VERSION CRATE [ARGS...]: cargo install into the cache, once per version.

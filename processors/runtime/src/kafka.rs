@@ -217,3 +217,32 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Production clusters use TLS and SASL: the client must be built with them (the `ssl`
+    /// feature). librdkafka refuses these settings at creation when built without OpenSSL.
+    #[tokio::test]
+    async fn clients_accept_tls_and_sasl_settings() {
+        let mut cfg = KafkaConfig::default();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "fleet"),
+            ("sasl.password", "secret"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ] {
+            cfg.options.insert(k.into(), v.into());
+        }
+        assert!(producer(&cfg, ProducerProfile::Latency).is_ok());
+        assert!(consumer(&cfg, "g", Metrics::new("test")).is_ok());
+        cfg.options
+            .insert("security.protocol".into(), "NOT_A_PROTOCOL".into());
+        assert!(
+            producer(&cfg, ProducerProfile::Latency).is_err(),
+            "bad settings are refused"
+        );
+    }
+}
