@@ -174,36 +174,39 @@ impl ScyllaStore {
         for q in ddl {
             session.query_unpaged(q, ()).await.map_err(be)?;
         }
-        let insert = |table: &str, cols: &str, n: usize, ttl: bool| {
-            let marks = vec!["?"; n].join(", ");
-            let using = if ttl { " USING TTL ?" } else { "" };
-            format!("INSERT INTO {ks}.{table} ({cols}) VALUES ({marks}){using}")
-        };
-        // A server that understands `USING TTL ?` reports 12 bind markers for this statement;
-        // one that parses only the column list (kassandra) reports 11 and would silently drop
-        // the TTL, so expiry then rests on `expires_at` alone.
-        let with_ttl = session
-            .prepare(insert("vehicle_state", STATE_COLUMNS, 11, true))
-            .await
-            .ok()
-            .filter(|p| p.get_variable_col_specs().len() == 12);
-        let (dialect, insert_state) = match with_ttl {
-            Some(p) => (Dialect::Full, p),
-            None => {
+        // A server that understands `USING TTL ?` reports 12 bind markers for this probe; one
+        // that parses only the column list (kassandra) reports 11 and would silently drop the
+        // TTL, so expiry then rests on `expires_at` alone.
+        let marks = |n: usize| vec!["?"; n].join(", ");
+        let probe = format!(
+            "INSERT INTO {ks}.vehicle_state ({STATE_COLUMNS}) VALUES ({}) USING TTL ?",
+            marks(11)
+        );
+        let dialect = match session.prepare(probe).await {
+            Ok(p) if p.get_variable_col_specs().len() == 12 => Dialect::Full,
+            _ => {
                 tracing::warn!("server does not support USING TTL; expiry enforced on read only");
-                let p = session
-                    .prepare(insert("vehicle_state", STATE_COLUMNS, 11, false))
-                    .await
-                    .map_err(be)?;
-                (Dialect::Minimal, p)
+                Dialect::Minimal
             }
         };
+        // The TTLs are fixed per store, so they are literals of the prepared statements.
+        let using = |ttl: std::time::Duration| match dialect {
+            Dialect::Full => format!(" USING TTL {}", ttl.as_secs().clamp(1, i32::MAX as u64)),
+            Dialect::Minimal => String::new(),
+        };
+        let insert_state = session
+            .prepare(format!(
+                "INSERT INTO {ks}.vehicle_state ({STATE_COLUMNS}) VALUES ({}){}",
+                marks(11),
+                using(options.vehicle_state_ttl)
+            ))
+            .await
+            .map_err(be)?;
         let insert_window = session
-            .prepare(insert(
-                "vehicle_windows",
-                WINDOW_COLUMNS,
-                15,
-                dialect == Dialect::Full,
+            .prepare(format!(
+                "INSERT INTO {ks}.vehicle_windows ({WINDOW_COLUMNS}) VALUES ({}){}",
+                marks(15),
+                using(options.windows_ttl)
             ))
             .await
             .map_err(be)?;
@@ -227,10 +230,6 @@ impl ScyllaStore {
     /// The dialect detected at start.
     pub fn dialect(&self) -> Dialect {
         self.dialect
-    }
-
-    fn ttl_s(&self, d: std::time::Duration) -> i32 {
-        i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
     }
 }
 
@@ -272,7 +271,6 @@ impl StateStore for ScyllaStore {
             }
         }
         let expires = now_ms.saturating_add(ms(self.options.vehicle_state_ttl));
-        let ttl = self.ttl_s(self.options.vehicle_state_ttl);
         let writes = newest.values().map(|r| {
             let values: StateRow = (
                 r.vehicle_id.clone(),
@@ -288,23 +286,10 @@ impl StateStore for ScyllaStore {
                 expires,
             );
             async move {
-                match self.dialect {
-                    Dialect::Full => {
-                        let (a, b, c, d, e, f, g, h, i, j, k) = values;
-                        self.session
-                            .execute_unpaged(
-                                &self.insert_state,
-                                (a, b, c, d, e, f, g, h, i, j, k, ttl),
-                            )
-                            .await
-                    }
-                    Dialect::Minimal => {
-                        self.session
-                            .execute_unpaged(&self.insert_state, values)
-                            .await
-                    }
-                }
-                .map_err(be)
+                self.session
+                    .execute_unpaged(&self.insert_state, values)
+                    .await
+                    .map_err(be)
             }
         });
         let n = try_join_all(writes).await?.len();
@@ -336,7 +321,6 @@ impl StateStore for ScyllaStore {
 
     async fn put_windows(&self, rows: &[WindowRow], now_ms: i64) -> Result<()> {
         let expires = now_ms.saturating_add(ms(self.options.windows_ttl));
-        let ttl = self.ttl_s(self.options.windows_ttl);
         let mut by_partition: HashMap<(&str, i64), Vec<&WindowRow>> = HashMap::new();
         for w in rows {
             by_partition
@@ -368,20 +352,7 @@ impl StateStore for ScyllaStore {
                 );
                 values.push(v);
             }
-            async move {
-                match self.dialect {
-                    Dialect::Full => {
-                        let with_ttl: Vec<_> = values
-                            .into_iter()
-                            .map(|v| (v, ttl))
-                            .map(flatten_ttl)
-                            .collect();
-                        self.session.batch(&batch, with_ttl).await
-                    }
-                    Dialect::Minimal => self.session.batch(&batch, values).await,
-                }
-                .map_err(be)
-            }
+            async move { self.session.batch(&batch, values).await.map_err(be) }
         });
         try_join_all(batches).await?;
         Ok(())
@@ -436,32 +407,6 @@ impl StateStore for ScyllaStore {
         out.sort_by_key(|w| w.window_start);
         Ok(out)
     }
-}
-
-#[allow(clippy::type_complexity)]
-fn flatten_ttl(
-    (v, ttl): (WindowDbRow, i32),
-) -> (
-    String,
-    i64,
-    i64,
-    i64,
-    i64,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    f64,
-    f64,
-    f64,
-    String,
-    i64,
-    i32,
-) {
-    (
-        v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11, v.12, v.13, v.14, ttl,
-    )
 }
 
 #[cfg(test)]
