@@ -1,6 +1,6 @@
 //! Keyed event-time windows for one input partition: assignment, lateness, closing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,8 @@ pub struct Closed<K> {
     pub summary: Summary,
     /// Late readings (not aggregated anywhere) seen for this key while the window was open.
     pub late_records: u64,
+    /// The tag of the reading that opened the window (see [`KeyedWindows::add_tagged`]).
+    pub first_tag: i64,
 }
 
 /// The open windows of every key of one partition.
@@ -49,9 +51,11 @@ pub struct Closed<K> {
 pub struct KeyedWindows<K: Eq + Hash + Ord + Clone> {
     windows: Windows,
     moving_threshold_kmh: f64,
-    open: HashMap<K, Vec<(WindowBounds, WindowAggregate)>>,
+    open: HashMap<K, Vec<(WindowBounds, WindowAggregate, i64)>>,
     by_end: BTreeSet<(i64, K, i64)>,
     late: HashMap<K, u64>,
+    /// Multiset of the first tags of open windows.
+    tags: BTreeMap<i64, usize>,
 }
 
 impl<K: Eq + Hash + Ord + Clone> KeyedWindows<K> {
@@ -63,7 +67,14 @@ impl<K: Eq + Hash + Ord + Clone> KeyedWindows<K> {
             open: HashMap::new(),
             by_end: BTreeSet::new(),
             late: HashMap::new(),
+            tags: BTreeMap::new(),
         }
+    }
+
+    /// The smallest first tag of the open windows: with Kafka offsets as tags, the offset from
+    /// which a replay rebuilds every open window.
+    pub fn oldest_tag(&self) -> Option<i64> {
+        self.tags.first_key_value().map(|(t, _)| *t)
     }
 
     /// Number of open windows.
@@ -80,6 +91,22 @@ impl<K: Eq + Hash + Ord + Clone> KeyedWindows<K> {
     /// Adds a reading for `key`; windows whose end is at or before `watermark` are closed and
     /// do not take it.
     pub fn add<Q>(&mut self, key: &Q, sample: Sample, watermark: Option<i64>) -> Outcome
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized + ToOwned<Owned = K>,
+    {
+        self.add_tagged(key, sample, watermark, 0)
+    }
+
+    /// Like [`KeyedWindows::add`], remembering `tag` (e.g. the Kafka offset) for the windows
+    /// this reading opens. Tags must not decrease from one call to the next.
+    pub fn add_tagged<Q>(
+        &mut self,
+        key: &Q,
+        sample: Sample,
+        watermark: Option<i64>,
+        tag: i64,
+    ) -> Outcome
     where
         K: std::borrow::Borrow<Q>,
         Q: Eq + Hash + ?Sized + ToOwned<Owned = K>,
@@ -102,11 +129,12 @@ impl<K: Eq + Hash + Ord + Clone> KeyedWindows<K> {
             if w.end <= wm {
                 continue;
             }
-            let idx = match list.iter().position(|(b, _)| *b == w) {
+            let idx = match list.iter().position(|(b, _, _)| *b == w) {
                 Some(i) => i,
                 None => {
-                    list.push((w, WindowAggregate::new(self.moving_threshold_kmh)));
+                    list.push((w, WindowAggregate::new(self.moving_threshold_kmh), tag));
                     self.by_end.insert((w.end, key.to_owned(), w.start));
+                    *self.tags.entry(tag).or_insert(0) += 1;
                     list.len() - 1
                 }
             };
@@ -135,14 +163,21 @@ impl<K: Eq + Hash + Ord + Clone> KeyedWindows<K> {
             let bounds = WindowBounds { start, end };
             let mut remove_key = false;
             if let Some(list) = self.open.get_mut(&key) {
-                if let Some(i) = list.iter().position(|(b, _)| *b == bounds) {
-                    let (_, agg) = list.swap_remove(i);
+                if let Some(i) = list.iter().position(|(b, _, _)| *b == bounds) {
+                    let (_, agg, tag) = list.swap_remove(i);
+                    if let Some(n) = self.tags.get_mut(&tag) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.tags.remove(&tag);
+                        }
+                    }
                     if let Some(summary) = agg.summary() {
                         out.push(Closed {
                             late_records: self.late.get(&key).copied().unwrap_or(0),
                             key: key.clone(),
                             window: bounds,
                             summary,
+                            first_tag: tag,
                         });
                     }
                 }
@@ -190,6 +225,24 @@ mod tests {
         assert_eq!(kw.close_until(5000).len(), 1);
         assert_eq!(kw.open_windows(), 0);
         assert!(kw.open.is_empty(), "no state left for closed keys");
+    }
+
+    #[test]
+    fn oldest_tag_follows_the_open_windows() {
+        let mut kw = KeyedWindows::new(Windows::tumbling(1000).expect("valid"), 3.0);
+        assert_eq!(kw.oldest_tag(), None);
+        kw.add_tagged("a", s(100), None, 10);
+        kw.add_tagged("b", s(1100), None, 11);
+        kw.add_tagged("a", s(200), None, 12); // same window as tag 10
+        kw.add_tagged("c", s(150), None, 13);
+        assert_eq!(kw.oldest_tag(), Some(10));
+        let closed = kw.close_until(1000);
+        let mut tags: Vec<_> = closed.iter().map(|c| c.first_tag).collect();
+        tags.sort();
+        assert_eq!(tags, vec![10, 13]);
+        assert_eq!(kw.oldest_tag(), Some(11));
+        kw.close_until(2000);
+        assert_eq!(kw.oldest_tag(), None);
     }
 
     #[test]

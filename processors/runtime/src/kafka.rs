@@ -63,10 +63,12 @@ pub fn producer(cfg: &KafkaConfig, profile: ProducerProfile) -> Result<FuturePro
     Ok(c.create()?)
 }
 
-/// Consumer context: rebalance and statistics callbacks feed metrics and readiness.
+/// Consumer context: rebalance and statistics callbacks feed metrics, readiness and the run
+/// loop (revoked partitions).
 #[derive(Debug)]
 pub struct FleetContext {
     metrics: Arc<Metrics>,
+    revoked: Option<tokio::sync::mpsc::UnboundedSender<Vec<(String, i32)>>>,
 }
 
 impl ClientContext for FleetContext {
@@ -95,6 +97,14 @@ impl ConsumerContext for FleetContext {
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 self.metrics.set_assigned(0);
+                if let Some(tx) = &self.revoked {
+                    let parts = tpl
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition()))
+                        .collect();
+                    let _ = tx.send(parts);
+                }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -119,7 +129,12 @@ pub type Consumer = StreamConsumer<FleetContext>;
 
 /// An at-least-once consumer: offsets are stored by the run loop only after the outputs they
 /// depend on are durable, and committed from the store every `auto.commit.interval.ms`.
-pub fn consumer(cfg: &KafkaConfig, group_id: &str, metrics: Arc<Metrics>) -> Result<Consumer> {
+pub fn consumer(
+    cfg: &KafkaConfig,
+    group_id: &str,
+    metrics: Arc<Metrics>,
+    revoked: Option<tokio::sync::mpsc::UnboundedSender<Vec<(String, i32)>>>,
+) -> Result<Consumer> {
     let mut c = base(cfg);
     c.set("group.id", group_id)
         .set("enable.auto.commit", "true")
@@ -137,7 +152,7 @@ pub fn consumer(cfg: &KafkaConfig, group_id: &str, metrics: Arc<Metrics>) -> Res
             cfg.max_poll_interval.as_millis().to_string(),
         );
     apply_options(&mut c, cfg);
-    Ok(c.create_with_context(FleetContext { metrics })?)
+    Ok(c.create_with_context(FleetContext { metrics, revoked })?)
 }
 
 /// Partitions and configs of a topic to create.
@@ -237,7 +252,7 @@ mod tests {
             cfg.options.insert(k.into(), v.into());
         }
         assert!(producer(&cfg, ProducerProfile::Latency).is_ok());
-        assert!(consumer(&cfg, "g", Metrics::new("test")).is_ok());
+        assert!(consumer(&cfg, "g", Metrics::new("test"), None).is_ok());
         cfg.options
             .insert("security.protocol".into(), "NOT_A_PROTOCOL".into());
         assert!(

@@ -41,6 +41,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RunnerConfig, Section};
@@ -87,6 +88,30 @@ pub trait Processor: Send {
     ) -> impl Future<Output = Result<(), ProcessError>> + Send {
         async { Ok(()) }
     }
+
+    /// The lowest offset of `partition` this processor still needs after a restart (for
+    /// example the first record of its oldest open window). The runtime never stores an offset
+    /// beyond it, so a restarted instance re-reads from there. `None`: no constraint.
+    fn hold(&self, _topic: &str, _partition: i32) -> Option<i64> {
+        None
+    }
+
+    /// Called, in order, once every input of `partition` below `next_offset` has all its
+    /// outputs acknowledged; before the offset is stored. A processor can make derived
+    /// progress durable here. An error is logged and the offset stored as usual (bounded by
+    /// [`Processor::hold`]); a fatal error stops the loop.
+    fn on_durable(
+        &mut self,
+        _topic: &str,
+        _partition: i32,
+        _next_offset: i64,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Partitions taken away from this instance by a rebalance: forget their state (their
+    /// new owner rebuilds it from the stored offsets).
+    fn on_revoke(&mut self, _partitions: &[(String, i32)]) {}
 }
 
 /// What a run did, returned when it stops.
@@ -203,7 +228,13 @@ impl Runtime {
         topics: &[&str],
         shutdown: CancellationToken,
     ) -> Result<RunSummary> {
-        let consumer = kafka::consumer(&self.kafka, &self.group_id(), self.metrics.clone())?;
+        let (revoked_tx, revoked) = tokio::sync::mpsc::unbounded_channel();
+        let consumer = kafka::consumer(
+            &self.kafka,
+            &self.group_id(),
+            self.metrics.clone(),
+            Some(revoked_tx),
+        )?;
         consumer.subscribe(topics)?;
         tracing::info!(component = self.component, group = %self.group_id(), ?topics, "consuming");
         let decoder = Decoder::<P::Input>::new(self.registry.clone());
@@ -217,6 +248,7 @@ impl Runtime {
             summary: RunSummary::default(),
             counters: Counters::new(&self.metrics),
             topics: Vec::new(),
+            revoked,
             dlq_log_budget: DLQ_LOG_PER_TICK,
             dlq_log_suppressed: 0,
             shutdown,
@@ -395,6 +427,7 @@ struct Loop<'r, P: Processor> {
     summary: RunSummary,
     counters: Counters,
     topics: Vec<Arc<str>>,
+    revoked: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i32)>>,
     dlq_log_budget: u32,
     dlq_log_suppressed: u64,
     shutdown: CancellationToken,
@@ -410,6 +443,7 @@ enum Step {
 
 enum Event<'m> {
     Stop,
+    Revoked(Vec<(String, i32)>),
     Settled(Settled),
     Tick,
     Message(rdkafka::error::KafkaResult<BorrowedMessage<'m>>),
@@ -432,6 +466,7 @@ impl<P: Processor> Loop<'_, P> {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => Event::Stop,
+                    Some(parts) = self.revoked.recv() => Event::Revoked(parts),
                     settled = poll_fn(|cx| {
                         in_flight.poll_head(cx, &mut |topic| counters.output(metrics, topic))
                     }), if has_in_flight => Event::Settled(settled),
@@ -441,6 +476,10 @@ impl<P: Processor> Loop<'_, P> {
             };
             let step = match event {
                 Event::Stop => Ok(Step::Stop),
+                Event::Revoked(parts) => {
+                    self.processor.on_revoke(&parts);
+                    Ok(Step::Continue)
+                }
                 Event::Settled(settled) => self.on_settled(settled).await,
                 Event::Tick => self.on_tick().await,
                 Event::Message(Ok(m)) => self.on_message(&m).await,
@@ -494,7 +533,23 @@ impl<P: Processor> Loop<'_, P> {
         match settled {
             Settled::Done(entry) => {
                 if let Some((topic, partition, offset)) = &entry.source {
-                    if let Err(e) = self.consumer.store_offset(topic, *partition, *offset) {
+                    let next = offset + 1;
+                    match self.processor.on_durable(topic, *partition, next).await {
+                        Ok(()) => {}
+                        Err(ProcessError::Fatal(m)) => return Err(Error::Fatal(m)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, topic = &**topic, partition, "on_durable failed");
+                        }
+                    }
+                    let store_at = self
+                        .processor
+                        .hold(topic, *partition)
+                        .map_or(next, |h| h.min(next));
+                    let mut tpl = TopicPartitionList::with_capacity(1);
+                    let stored = tpl
+                        .add_partition_offset(topic, *partition, Offset::Offset(store_at))
+                        .and_then(|()| self.consumer.store_offsets(&tpl));
+                    if let Err(e) = stored {
                         // The partition was revoked meanwhile: its new owner re-processes.
                         tracing::debug!(error = %e, topic = &**topic, partition, offset, "offset not stored");
                     }

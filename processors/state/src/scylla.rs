@@ -86,6 +86,8 @@ pub struct ScyllaStore {
     insert_state: PreparedStatement,
     select_state: PreparedStatement,
     insert_window: PreparedStatement,
+    select_frontier: PreparedStatement,
+    insert_frontier: PreparedStatement,
 }
 
 struct Target {
@@ -171,6 +173,10 @@ impl ScyllaStore {
                  WITH CLUSTERING ORDER BY (window_start ASC)"
             ),
         ];
+        let ddl = ddl.into_iter().chain([format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.frontiers (grp text, topic text, partition int, \
+             watermark bigint, PRIMARY KEY ((grp, topic, partition)))"
+        )]);
         for q in ddl {
             session.query_unpaged(q, ()).await.map_err(be)?;
         }
@@ -210,6 +216,18 @@ impl ScyllaStore {
             ))
             .await
             .map_err(be)?;
+        let select_frontier = session
+            .prepare(format!(
+                "SELECT watermark FROM {ks}.frontiers WHERE grp = ? AND topic = ? AND partition = ?"
+            ))
+            .await
+            .map_err(be)?;
+        let insert_frontier = session
+            .prepare(format!(
+                "INSERT INTO {ks}.frontiers (grp, topic, partition, watermark) VALUES (?, ?, ?, ?)"
+            ))
+            .await
+            .map_err(be)?;
         let select_state = session
             .prepare(format!(
                 "SELECT {STATE_COLUMNS} FROM {ks}.vehicle_state WHERE vehicle_id = ?"
@@ -224,6 +242,8 @@ impl ScyllaStore {
             insert_state,
             select_state,
             insert_window,
+            select_frontier,
+            insert_frontier,
         })
     }
 
@@ -356,6 +376,38 @@ impl StateStore for ScyllaStore {
         });
         try_join_all(batches).await?;
         Ok(())
+    }
+
+    async fn save_frontier(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        watermark: i64,
+    ) -> Result<()> {
+        // Forward only: one writer per partition (its Kafka owner), so read-then-write is safe.
+        if let Some(stored) = self.load_frontier(group, topic, partition).await?
+            && stored >= watermark
+        {
+            return Ok(());
+        }
+        self.session
+            .execute_unpaged(&self.insert_frontier, (group, topic, partition, watermark))
+            .await
+            .map_err(be)?;
+        Ok(())
+    }
+
+    async fn load_frontier(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select_frontier, (group, topic, partition))
+            .await
+            .map_err(be)?
+            .into_rows_result()
+            .map_err(be)?;
+        let row: Option<(i64,)> = result.maybe_first_row().map_err(be)?;
+        Ok(row.map(|r| r.0))
     }
 
     async fn windows(

@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS vehicle_windows (
     expires_at       INTEGER NOT NULL,
     PRIMARY KEY (vehicle_id, day, window_start)
 );
+CREATE TABLE IF NOT EXISTS frontiers (
+    grp       TEXT NOT NULL,
+    topic     TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    watermark INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
+);
 CREATE INDEX IF NOT EXISTS vehicle_state_expiry ON vehicle_state(expires_at);
 CREATE INDEX IF NOT EXISTS vehicle_windows_expiry ON vehicle_windows(expires_at);
 ";
@@ -230,6 +237,41 @@ impl StateStore for SqliteStore {
             tx.commit()?;
             inner.maybe_purge(now_ms)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn save_frontier(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        watermark: i64,
+    ) -> Result<()> {
+        let (g, t) = (group.to_owned(), topic.to_owned());
+        self.with(move |inner| {
+            inner.conn.execute(
+                "INSERT INTO frontiers (grp, topic, partition, watermark) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(grp, topic, partition)
+                 DO UPDATE SET watermark = max(watermark, excluded.watermark)",
+                params![g, t, partition, watermark],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_frontier(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let (g, t) = (group.to_owned(), topic.to_owned());
+        self.with(move |inner| {
+            Ok(inner
+                .conn
+                .query_row(
+                    "SELECT watermark FROM frontiers WHERE grp = ?1 AND topic = ?2 AND partition = ?3",
+                    params![g, t, partition],
+                    |r| r.get(0),
+                )
+                .optional()?)
         })
         .await
     }

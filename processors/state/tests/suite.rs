@@ -188,7 +188,44 @@ async fn rows_expire(store: &impl StateStore, ttl: Duration) {
     );
 }
 
+async fn frontiers_only_move_forward(store: &impl StateStore) {
+    assert_eq!(store.load_frontier("g", "t", 3).await.expect("read"), None);
+    store
+        .save_frontier("g", "t", 3, 120_000)
+        .await
+        .expect("write");
+    store
+        .save_frontier("g", "t", 3, 60_000)
+        .await
+        .expect("older ignored");
+    store
+        .save_frontier("g", "t", 4, 5)
+        .await
+        .expect("other partition");
+    assert_eq!(
+        store.load_frontier("g", "t", 3).await.expect("read"),
+        Some(120_000)
+    );
+    assert_eq!(
+        store.load_frontier("g", "t", 4).await.expect("read"),
+        Some(5)
+    );
+    assert_eq!(
+        store.load_frontier("other", "t", 3).await.expect("read"),
+        None
+    );
+    store
+        .save_frontier("g", "t", 3, 180_000)
+        .await
+        .expect("forward");
+    assert_eq!(
+        store.load_frontier("g", "t", 3).await.expect("read"),
+        Some(180_000)
+    );
+}
+
 async fn suite(store: &impl StateStore, ttl: Duration) {
+    frontiers_only_move_forward(store).await;
     newest_event_wins(store).await;
     windows_are_idempotent_and_range_queried(store).await;
     rows_expire(store, ttl).await;
