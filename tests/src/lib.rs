@@ -115,3 +115,36 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Environment that keeps consumer-group restarts short on the local broker: a killed member
+/// holds its partitions until its session times out, and a rebalance waits up to the members'
+/// max poll interval.
+pub fn fast_rejoin() -> Vec<(&'static str, String)> {
+    vec![
+        ("FLEET__KAFKA__SESSION_TIMEOUT", "6s".into()),
+        ("FLEET__KAFKA__MAX_POLL_INTERVAL", "10s".into()),
+    ]
+}
+
+/// Waits up to 30 s for `/health/ready` to answer 200.
+pub async fn wait_ready(p: &Proc) -> bool {
+    for _ in 0..300 {
+        if let Some((200, _)) = p.get("/health/ready").await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Waits up to 40 s until the process reports a finished input in its metrics.
+pub async fn wait_progress(p: &Proc) -> bool {
+    for _ in 0..400 {
+        let (_, metrics) = p.get("/metrics").await.unwrap_or_default();
+        if metrics.contains("outcome=\"ok\"} ") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -5,8 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use fleet_e2e::Proc;
 use fleet_e2e::testkit::{self, TopicTail};
+use fleet_e2e::{Proc, fast_rejoin, wait_ready};
 use fleet_schemas::{DeadLetter, Decoder, Encoder, Position, Registry, TelemetryReading, ids};
 
 const BIN: &str = "passthrough-processor";
@@ -192,25 +192,6 @@ impl Scenario {
     }
 }
 
-/// A killed member holds its partitions until its session times out, and a rebalance waits up
-/// to the members' max poll interval: keep both short so restarts take seconds, not minutes.
-fn fast_rejoin() -> Vec<(&'static str, String)> {
-    vec![
-        ("FLEET__KAFKA__SESSION_TIMEOUT", "6s".into()),
-        ("FLEET__KAFKA__MAX_POLL_INTERVAL", "10s".into()),
-    ]
-}
-
-async fn wait_ready(p: &Proc) -> bool {
-    for _ in 0..300 {
-        if let Some((200, _)) = p.get("/health/ready").await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_valid_records_dead_letters_bad_ones_and_stops_cleanly() {
     let s = Scenario::produce(600, 30).await;
@@ -305,15 +286,7 @@ async fn kill_dash_nine_mid_stream_loses_nothing() {
     for round in 0..3u64 {
         let started = std::time::Instant::now();
         let p = s.start_with(&fast_rejoin());
-        let mut progressed = false;
-        for _ in 0..400 {
-            let (_, metrics) = p.get("/metrics").await.unwrap_or_default();
-            if metrics.contains("outcome=\"ok\"} ") {
-                progressed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let progressed = fleet_e2e::wait_progress(&p).await;
         assert!(progressed, "round {round}: no progress within 40 s");
         eprintln!(
             "round {round}: progress {:?} after start",

@@ -1,0 +1,427 @@
+//! # telemetry-processor
+//!
+//! Consumes `fleet.telemetry` ([`TelemetryReading`]) and
+//! * keeps each vehicle's latest state in `vehicle_state` (batched writes every timer tick; an
+//!   older event never overwrites a newer one),
+//! * aggregates readings per vehicle over event-time windows (tumbling by default, 60 s; hopping
+//!   with `window_slide` < `window_size`) with a per-partition watermark (`allowed_lateness`,
+//!   idle partitions advance with processing time after `idle_timeout`),
+//! * emits every closed window as a [`WindowAggregate`] to `fleet.telemetry-windows` and to the
+//!   `vehicle_windows` table; readings later than the lateness go to the DLQ with reason `late`.
+//!
+//! ## Delivery guarantee: a crash loses no window and double-counts nothing
+//! * Open windows live in memory. The offset committed for a partition never passes the first
+//!   record of its oldest open window ([`Processor::hold`]), nor a record whose state update is
+//!   not yet written, nor the first record of a closed window whose emission is not yet durable.
+//!   A restart therefore re-reads every record of every window that was not durably emitted and
+//!   rebuilds those windows completely.
+//! * Once the outputs of the input that closed some windows are acknowledged
+//!   ([`Processor::on_durable`]), the partition's *frontier* (the watermark at that close) is
+//!   saved in the state store. After a restart, re-read records whose every window ends at or
+//!   before the frontier belong to windows already emitted and are skipped, so no partial copy
+//!   of an emitted window is ever produced.
+//! * Windows are identified by a deterministic `event_id` (vehicle + bounds) and are written
+//!   with idempotent upserts: a window re-emitted after a crash is identical to the first copy.
+//! * A replayed reading already in an open window (same vehicle and event time) is ignored.
+//!
+//! Limit: a reading that arrives after a restart and is late relative to the saved frontier
+//! is skipped as a replay rather than dead-lettered; it is still in the raw topic (and the lake).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_domain::{Closed, KeyedWindows, Outcome, Sample, Watermark, Windows};
+use fleet_runtime::metrics::now_ms;
+use fleet_runtime::{Input, Outputs, ProcessError, Processor};
+use fleet_schemas::{Encoder, Position, TelemetryReading, WindowAggregate, ids};
+use fleet_state::{StateStore, VehicleState, WindowRow};
+
+fleet_runtime::config_section! {
+    /// telemetry-processor settings.
+    pub struct TelemetryConfig {
+        /// Topic of TelemetryReading records.
+        pub input_topic: String = "fleet.telemetry".to_owned(),
+        /// Topic for closed windows (WindowAggregate).
+        pub windows_topic: String = "fleet.telemetry-windows".to_owned(),
+        /// State store URL: sqlite://path (embedded) or scylla://host:port/keyspace.
+        pub state_url: String = "sqlite://.fleet/state.db".to_owned(), env = "FLEET_STATE_URL",
+        /// Window length.
+        #[serde(with = "humantime_serde")]
+        pub window_size: Duration = Duration::from_secs(60),
+        /// Window slide; equal to window_size for tumbling windows.
+        #[serde(with = "humantime_serde")]
+        pub window_slide: Duration = Duration::from_secs(60),
+        /// How late (in event time) a reading may arrive and still be aggregated.
+        #[serde(with = "humantime_serde")]
+        pub allowed_lateness: Duration = Duration::from_secs(30),
+        /// After this long without input a partition's watermark follows processing time.
+        #[serde(with = "humantime_serde")]
+        pub idle_timeout: Duration = Duration::from_secs(60),
+        /// Speed (km/h) from which a vehicle counts as moving.
+        pub moving_threshold_kmh: f64 = 3.0,
+        /// Buffered vehicle states that force a write before the next tick.
+        pub max_buffered_states: usize = 5_000,
+    }
+    validate(this) {
+        let ms = |d: Duration| d.as_millis() as i64;
+        Windows::hopping(ms(this.window_size), ms(this.window_slide))
+            .map_err(|e| fleet_runtime::Error::Config(format!("app.window_size/window_slide: {e}")))?;
+        if this.input_topic == this.windows_topic {
+            return Err(fleet_runtime::Error::Config("app.windows_topic must differ from app.input_topic".into()));
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// One input partition's state.
+#[derive(Debug)]
+struct Part {
+    windows: KeyedWindows<String>,
+    watermark: Watermark,
+    /// Saved frontier: every window ending at or before it was emitted durably.
+    frontier: Option<i64>,
+    /// Closed windows not yet covered by the saved frontier: (first offset, end).
+    closed_pending: BTreeSet<(i64, i64)>,
+    /// Closes awaiting durability: (offset whose outputs carry them, watermark at the close).
+    closes: VecDeque<(i64, i64)>,
+    /// Offset of the last input seen.
+    last_offset: i64,
+    /// Smallest offset whose vehicle state is buffered, not yet written.
+    unflushed: Option<i64>,
+}
+
+/// The processor.
+#[derive(Debug)]
+pub struct Telemetry<S> {
+    group: String,
+    input_topic: String,
+    windows_topic: Arc<str>,
+    encoder: Encoder<WindowAggregate>,
+    store: S,
+    windows: Windows,
+    lateness_ms: i64,
+    idle_ms: i64,
+    moving_threshold_kmh: f64,
+    max_buffered: usize,
+    parts: HashMap<i32, Part>,
+    states: HashMap<String, VehicleState>,
+    /// Replayed readings skipped because their windows were already emitted.
+    pub skipped_replays: u64,
+}
+
+impl<S: StateStore> Telemetry<S> {
+    /// A processor writing windows with `encoder` and state to `store`; `group` names the
+    /// consumer group (the frontiers are kept per group).
+    pub fn new(
+        config: &TelemetryConfig,
+        group: &str,
+        encoder: Encoder<WindowAggregate>,
+        store: S,
+    ) -> Result<Self, fleet_runtime::Error> {
+        let windows = Windows::hopping(ms(config.window_size), ms(config.window_slide))
+            .map_err(|e| fleet_runtime::Error::Config(e.to_string()))?;
+        Ok(Self {
+            group: group.to_owned(),
+            input_topic: config.input_topic.clone(),
+            windows_topic: Arc::from(config.windows_topic.as_str()),
+            encoder,
+            store,
+            windows,
+            lateness_ms: ms(config.allowed_lateness),
+            idle_ms: ms(config.idle_timeout),
+            moving_threshold_kmh: config.moving_threshold_kmh,
+            max_buffered: config.max_buffered_states.max(1),
+            parts: HashMap::new(),
+            states: HashMap::new(),
+            skipped_replays: 0,
+        })
+    }
+
+    async fn part(&mut self, partition: i32) -> Result<&mut Part, ProcessError> {
+        if !self.parts.contains_key(&partition) {
+            let frontier = self
+                .store
+                .load_frontier(&self.group, &self.input_topic, partition)
+                .await
+                .map_err(|e| ProcessError::Transient(e.to_string()))?;
+            self.parts.insert(
+                partition,
+                Part {
+                    windows: KeyedWindows::new(self.windows, self.moving_threshold_kmh),
+                    watermark: Watermark::new(self.lateness_ms, self.idle_ms),
+                    frontier,
+                    closed_pending: BTreeSet::new(),
+                    closes: VecDeque::new(),
+                    last_offset: -1,
+                    unflushed: None,
+                },
+            );
+        }
+        self.parts
+            .get_mut(&partition)
+            .ok_or_else(|| ProcessError::Fatal("partition state vanished".into()))
+    }
+
+    /// Writes the buffered vehicle states.
+    async fn flush_states(&mut self, now: i64) -> Result<(), ProcessError> {
+        if self.states.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<VehicleState> = self.states.drain().map(|(_, v)| v).collect();
+        self.store
+            .upsert_vehicle_states(&batch, now)
+            .await
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        for p in self.parts.values_mut() {
+            p.unflushed = None;
+        }
+        Ok(())
+    }
+
+    /// Emits closed windows to `out` and the store; remembers them until the frontier covers
+    /// them. `carrier` is the offset whose outputs carry them.
+    async fn emit(
+        &mut self,
+        partition: i32,
+        closed: Vec<Closed<String>>,
+        watermark: i64,
+        carrier: i64,
+        out: &mut Outputs,
+        now: i64,
+    ) -> Result<(), ProcessError> {
+        if closed.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(closed.len());
+        for c in &closed {
+            let record = to_record(c, now);
+            out.push(&self.windows_topic, &self.encoder, &record)?;
+            rows.push(to_row(&record));
+        }
+        self.store
+            .put_windows(&rows, now)
+            .await
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        let part = self.part(partition).await?;
+        for c in &closed {
+            part.closed_pending.insert((c.first_tag, c.window.end));
+        }
+        part.closes.push_back((carrier, watermark));
+        Ok(())
+    }
+}
+
+fn to_record(c: &Closed<String>, now: i64) -> WindowAggregate {
+    let s = &c.summary;
+    let pos = |x: &Sample| Position::new(x.lat, x.lon);
+    WindowAggregate {
+        event_id: ids::derived_id(&[
+            &c.key,
+            &c.window.start.to_string(),
+            &c.window.end.to_string(),
+        ]),
+        vehicle_id: c.key.clone(),
+        window_start: c.window.start,
+        window_end: c.window.end,
+        event_time: s.last.t,
+        ingest_time: now,
+        count: s.count as i64,
+        speed_avg_kmh: s.speed_avg_kmh,
+        speed_max_kmh: s.speed_max_kmh,
+        cargo_temp_min_c: s.cargo_temp_min_c,
+        cargo_temp_avg_c: s.cargo_temp_avg_c,
+        cargo_temp_max_c: s.cargo_temp_max_c,
+        distance_m: s.distance_m,
+        moving_s: s.moving_s,
+        idle_s: s.idle_s,
+        first_position: Some(pos(&s.first)),
+        last_position: Some(pos(&s.last)),
+        first_event_time: s.first.t,
+        late_records: c.late_records as i64,
+    }
+}
+
+fn to_row(w: &WindowAggregate) -> WindowRow {
+    WindowRow {
+        vehicle_id: w.vehicle_id.clone(),
+        window_start: w.window_start,
+        window_end: w.window_end,
+        count: w.count,
+        speed_avg_kmh: w.speed_avg_kmh,
+        speed_max_kmh: w.speed_max_kmh,
+        cargo_temp_min_c: w.cargo_temp_min_c,
+        cargo_temp_avg_c: w.cargo_temp_avg_c,
+        cargo_temp_max_c: w.cargo_temp_max_c,
+        distance_m: w.distance_m,
+        moving_s: w.moving_s,
+        idle_s: w.idle_s,
+        event_id: w.event_id.clone(),
+    }
+}
+
+impl<S: StateStore> Processor for Telemetry<S> {
+    type Input = TelemetryReading;
+
+    async fn process(
+        &mut self,
+        input: &Input<'_, TelemetryReading>,
+        out: &mut Outputs,
+    ) -> Result<(), ProcessError> {
+        let r = &input.record;
+        if !r.position.is_valid() {
+            return Err(ProcessError::poison(
+                "invalid_position",
+                format!("lat {} lon {} out of range", r.position.lat, r.position.lon),
+            ));
+        }
+        let now = now_ms();
+        let windows = self.windows;
+        let offset = input.offset;
+        let part = self.part(input.partition).await?;
+        part.last_offset = offset;
+        // A re-read record whose windows were all emitted before a restart: skip it.
+        if part
+            .frontier
+            .is_some_and(|f| windows.last_end(r.event_time) <= f)
+        {
+            self.skipped_replays += 1;
+            return Ok(());
+        }
+        part.watermark.observe(r.event_time, now);
+        let wm = part.watermark.current(now);
+        let sample = Sample {
+            t: r.event_time,
+            lat: r.position.lat,
+            lon: r.position.lon,
+            speed_kmh: r.speed_kmh,
+            cargo_temp_c: r.cargo_temp_c,
+        };
+        let outcome = part
+            .windows
+            .add_tagged(r.vehicle_id.as_str(), sample, wm, offset);
+        if outcome == Outcome::Late {
+            return Err(ProcessError::poison(
+                "late",
+                format!(
+                    "event time {} is behind the watermark {:?} by more than the allowed lateness",
+                    r.event_time, wm
+                ),
+            ));
+        }
+        // Latest state per vehicle, written in batches.
+        part.unflushed.get_or_insert(offset);
+        let newer = self
+            .states
+            .get(&r.vehicle_id)
+            .is_none_or(|s| s.event_time <= r.event_time);
+        if newer {
+            self.states.insert(
+                r.vehicle_id.clone(),
+                VehicleState {
+                    vehicle_id: r.vehicle_id.clone(),
+                    event_time: r.event_time,
+                    lat: r.position.lat,
+                    lon: r.position.lon,
+                    speed_kmh: r.speed_kmh,
+                    heading_deg: r.heading_deg,
+                    cargo_temp_c: r.cargo_temp_c,
+                    door_open: r.door_open,
+                    ignition_on: r.ignition_on,
+                    event_id: r.event_id.clone(),
+                },
+            );
+        }
+        if let Some(wm) = wm {
+            let closed = self.part(input.partition).await?.windows.close_until(wm);
+            self.emit(input.partition, closed, wm, offset, out, now)
+                .await?;
+        }
+        if self.states.len() >= self.max_buffered {
+            self.flush_states(now).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self, now_ms: i64, out: &mut Outputs) -> Result<(), ProcessError> {
+        self.flush_states(now_ms).await?;
+        // Idle partitions: their watermark follows processing time, closing the last windows.
+        let partitions: Vec<i32> = self.parts.keys().copied().collect();
+        for p in partitions {
+            let part = self.part(p).await?;
+            let Some(wm) = part.watermark.current(now_ms) else {
+                continue;
+            };
+            let closed = part.windows.close_until(wm);
+            // Timer outputs settle before any later input of the partition, so the next input
+            // (last + 1) carries them.
+            let carrier = part.last_offset + 1;
+            self.emit(p, closed, wm, carrier, out, now_ms).await?;
+        }
+        Ok(())
+    }
+
+    fn hold(&self, topic: &str, partition: i32) -> Option<i64> {
+        if topic != self.input_topic {
+            return None;
+        }
+        let part = self.parts.get(&partition)?;
+        [
+            part.windows.oldest_tag(),
+            part.closed_pending.first().map(|(tag, _)| *tag),
+            part.unflushed,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    async fn on_durable(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<(), ProcessError> {
+        if topic != self.input_topic {
+            return Ok(());
+        }
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return Ok(());
+        };
+        let mut frontier = None;
+        while let Some(&(carrier, wm)) = part.closes.front() {
+            if carrier >= next_offset {
+                break;
+            }
+            part.closes.pop_front();
+            frontier = Some(frontier.map_or(wm, |f: i64| f.max(wm)));
+        }
+        let Some(f) = frontier else {
+            return Ok(());
+        };
+        if part.frontier.is_some_and(|old| old >= f) {
+            return Ok(());
+        }
+        self.store
+            .save_frontier(&self.group, &self.input_topic, partition, f)
+            .await
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        if let Some(part) = self.parts.get_mut(&partition) {
+            part.frontier = Some(f);
+            part.closed_pending.retain(|(_, end)| *end > f);
+        }
+        Ok(())
+    }
+
+    fn on_revoke(&mut self, partitions: &[(String, i32)]) {
+        for (topic, p) in partitions {
+            if *topic == self.input_topic {
+                self.parts.remove(p);
+            }
+        }
+    }
+}
