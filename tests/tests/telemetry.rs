@@ -242,6 +242,71 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_split_the_partitions_and_agree_with_one() {
+    let data = dataset();
+    let input = testkit::random_name("e2e.tele.in");
+    let dlq = testkit::random_name("e2e.tele.dlq");
+    testkit::create_topic(&input, 4).await;
+    testkit::create_topic(&dlq, 1).await;
+    let registry = Registry::new(&testkit::registry_url()).expect("registry");
+    let enc = Encoder::<TelemetryReading>::register(&registry, &input)
+        .await
+        .expect("schema");
+    let records: Vec<(Vec<u8>, Vec<u8>)> = data
+        .iter()
+        .map(|r| {
+            (
+                r.vehicle_id.clone().into_bytes(),
+                enc.encode(r).expect("encode"),
+            )
+        })
+        .collect();
+    let dir = tempfile_dir();
+    let single = Run::new(&input, &dlq, &dir, "single").await;
+    let pair = Run::new(&input, &dlq, &dir, "pair").await;
+    let single_tail = TopicTail::start(&single.windows_topic);
+    let pair_tail = TopicTail::start(&pair.windows_topic);
+    let s1 = single.start();
+    let p1 = pair.start();
+    assert!(wait_ready(&s1).await && wait_ready(&p1).await);
+    let topic = input.clone();
+    let producer = tokio::spawn(async move {
+        testkit::populate_topic_paced(&topic, &records, 300).await;
+    });
+    // The second instance joins mid-stream: the group rebalances and partitions move.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p2 = pair.start();
+    producer.await.expect("producer");
+    let want = 200;
+    assert_eq!(
+        single_tail.wait_for(want, Duration::from_secs(90)).await,
+        want
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let (mut wp, _) = windows(&registry, &pair_tail).await;
+    while wp.len() < want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (wp, _) = windows(&registry, &pair_tail).await;
+    }
+    let (ws, _) = windows(&registry, &single_tail).await;
+    assert_eq!(wp, ws, "two instances produce the same windows as one");
+    // Both instances took part.
+    for p in [&p1, &p2] {
+        let (_, m) = p.get("/metrics").await.expect("metrics");
+        assert!(
+            m.contains("outcome=\"ok\"} "),
+            "each instance processed input:\n{m}"
+        );
+    }
+    for p in [s1, p1, p2] {
+        assert!(
+            p.terminate(Duration::from_secs(30))
+                .is_some_and(|s| s.success())
+        );
+    }
+}
+
 fn fleet_runtime_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
