@@ -16,6 +16,8 @@
 //! target/release/fleet-loadtest passthrough --records 200000
 //! ```
 
+mod telemetry;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +55,24 @@ enum Scenario {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// A fixed-rate fleet through telemetry-processor: lag, vehicle_state freshness, max rate.
+    Telemetry {
+        /// Readings per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 300)]
+        duration: u64,
+        /// Simulated vehicles.
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// Records of the backlog used to measure the maximum rate.
+        #[arg(long, default_value_t = 200_000)]
+        backlog: usize,
+        /// Write the JSON report here as well as to stdout.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -69,9 +89,17 @@ struct PassthroughReport {
 }
 
 fn reading(i: usize, vehicles: usize) -> TelemetryReading {
+    reading_at(
+        i,
+        vehicles,
+        1_700_000_000_000 + (i / vehicles) as i64 * 2_000,
+    )
+}
+
+/// The `i`-th reading of a fleet of `vehicles`, taken at `t`.
+pub(crate) fn reading_at(i: usize, vehicles: usize, t: i64) -> TelemetryReading {
     let v = i % vehicles;
     let vehicle_id = format!("VEH-{v:05}");
-    let t = 1_700_000_000_000 + (i / vehicles) as i64 * 2_000;
     TelemetryReading {
         event_id: ids::derived_id(&[&vehicle_id, &t.to_string()]),
         vehicle_id,
@@ -93,7 +121,7 @@ fn reading(i: usize, vehicles: usize) -> TelemetryReading {
 }
 
 /// Counts records on `topic` from the beginning until `want`; returns (first-seen, last-seen).
-fn count_topic(
+pub(crate) fn count_topic(
     topic: &str,
     want: usize,
     timeout: Duration,
@@ -154,7 +182,7 @@ fn bare_pipe(src: &str, dst: &str, stop: &std::sync::atomic::AtomicBool) -> anyh
     Ok(())
 }
 
-fn rate(n: usize, first: Instant, last: Instant) -> f64 {
+pub(crate) fn rate(n: usize, first: Instant, last: Instant) -> f64 {
     let secs = last.duration_since(first).as_secs_f64().max(1e-6);
     (n.saturating_sub(1)) as f64 / secs
 }
@@ -282,6 +310,21 @@ async fn passthrough(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.scenario {
+        Scenario::Telemetry {
+            rate,
+            duration,
+            vehicles,
+            backlog,
+            report,
+        } => {
+            let r = telemetry::run(rate, duration, vehicles.max(1), backlog).await?;
+            let json = serde_json::to_string_pretty(&r)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
         Scenario::Passthrough {
             records,
             partitions,

@@ -75,8 +75,11 @@ impl ClientContext for FleetContext {
     fn stats(&self, stats: Statistics) {
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics.set_lag(topic, *partition, p.consumer_lag);
+                // Processing lag: records in the partition not yet handed to the run loop. (The
+                // committed offset can trail on purpose, e.g. held back to open windows.)
+                if *partition >= 0 && p.app_offset >= 0 && p.hi_offset >= 0 {
+                    self.metrics
+                        .set_lag(topic, *partition, (p.hi_offset - p.app_offset).max(0));
                 }
             }
         }
@@ -147,6 +150,9 @@ pub fn consumer(
             cfg.session_timeout.as_millis().to_string(),
         )
         .set("heartbeat.interval.ms", "1000")
+        // A fetch with nothing new returns after at most 100 ms (librdkafka's default is
+        // 500 ms), so a reading reaches the run loop quickly at low per-partition rates.
+        .set("fetch.wait.max.ms", "100")
         .set(
             "max.poll.interval.ms",
             cfg.max_poll_interval.as_millis().to_string(),

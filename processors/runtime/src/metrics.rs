@@ -9,7 +9,7 @@
 //! | `fleet_processor_outputs_total` | component, topic | records produced and acknowledged |
 //! | `fleet_processor_retries_total` | component, stage | transient failures retried (`decode`, `process`, `produce`) |
 //! | `fleet_processor_in_flight_records` | component | inputs whose outputs await acknowledgement |
-//! | `fleet_consumer_lag_records` | component, topic, partition | from librdkafka statistics |
+//! | `fleet_consumer_lag_records` | component, topic, partition | high watermark minus the consumer's position (librdkafka statistics) |
 //! | `fleet_consumer_assigned_partitions` | component | partitions currently assigned |
 
 use std::sync::Arc;
