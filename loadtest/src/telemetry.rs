@@ -74,7 +74,7 @@ fn start_processor(
             bin.display()
         );
     }
-    Ok(Command::new(&bin)
+    Command::new(&bin)
         .env("FLEET_KAFKA_BROKERS", testkit::brokers())
         .env("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url())
         .env("FLEET_STATE_URL", state_url)
@@ -88,7 +88,7 @@ fn start_processor(
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?)
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 async fn metric_sum(port: u16, prefix: &str) -> Option<i64> {
@@ -182,7 +182,7 @@ pub(crate) async fn run(
                 Ok(f) => inflight.push_back(f),
                 Err(_) => break,
             }
-            if (sent % vehicles) % sample_every == 0 {
+            if (sent % vehicles).is_multiple_of(sample_every) {
                 pending
                     .entry(r.vehicle_id.clone())
                     .or_default()
