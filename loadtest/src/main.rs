@@ -120,6 +120,40 @@ pub(crate) fn reading_at(i: usize, vehicles: usize, t: i64) -> TelemetryReading 
     }
 }
 
+/// Writes `n` readings made by `make` to `topic`, waiting for every acknowledgement.
+pub(crate) async fn write_all(
+    producer: &FutureProducer,
+    topic: &str,
+    enc: &Encoder<TelemetryReading>,
+    n: usize,
+    make: impl Fn(usize) -> TelemetryReading,
+) -> anyhow::Result<()> {
+    let mut pending = Vec::with_capacity(n);
+    let mut buf = Vec::new();
+    for i in 0..n {
+        let r = make(i);
+        enc.encode_into(&r, &mut buf)?;
+        loop {
+            match producer.send_result(
+                FutureRecord::to(topic)
+                    .key(r.vehicle_id.as_bytes())
+                    .payload(&buf),
+            ) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                // librdkafka's queue is full: let it drain.
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
 /// Counts records on `topic` from the beginning until `want`; returns (first-seen, last-seen).
 pub(crate) fn count_topic(
     topic: &str,
@@ -211,28 +245,7 @@ async fn passthrough(
         .set("compression.type", "lz4")
         .create()?;
     let started = Instant::now();
-    let mut pending = Vec::with_capacity(records);
-    let mut buf = Vec::new();
-    for i in 0..records {
-        let r = reading(i, vehicles);
-        enc.encode_into(&r, &mut buf)?;
-        loop {
-            match producer.send_result(
-                FutureRecord::to(&input)
-                    .key(r.vehicle_id.as_bytes())
-                    .payload(&buf),
-            ) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-        }
-    }
-    for f in pending {
-        f.await?.map_err(|(e, _)| e)?;
-    }
+    write_all(&producer, &input, &enc, records, |i| reading(i, vehicles)).await?;
     let produce_rate = records as f64 / started.elapsed().as_secs_f64();
     eprintln!("produced at {produce_rate:.0} records/s");
 

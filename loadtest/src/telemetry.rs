@@ -19,7 +19,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
-use crate::{count_topic, rate, reading_at};
+use crate::{count_topic, rate, reading_at, write_all};
 
 /// The report.
 #[derive(Debug, Serialize)]
@@ -237,27 +237,10 @@ pub(crate) async fn run(
     testkit::create_topic(&backlog_topic, 12).await;
     let enc2 = Encoder::<TelemetryReading>::register(&registry, &backlog_topic).await?;
     let base = now_ms();
-    let mut futs = Vec::with_capacity(backlog);
-    for i in 0..backlog {
-        let r = reading_at(i, vehicles, base + (i / vehicles) as i64 * 2_000);
-        enc2.encode_into(&r, &mut buf)?;
-        loop {
-            match producer.send_result(
-                FutureRecord::to(&backlog_topic)
-                    .key(r.vehicle_id.as_bytes())
-                    .payload(&buf),
-            ) {
-                Ok(f) => {
-                    futs.push(f);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-        }
-    }
-    for f in futs {
-        f.await?.map_err(|(e, _)| e)?;
-    }
+    write_all(&producer, &backlog_topic, &enc2, backlog, |i| {
+        reading_at(i, vehicles, base + (i / vehicles) as i64 * 2_000)
+    })
+    .await?;
     let t = backlog_topic.clone();
     let (f, l, n) =
         tokio::task::spawn_blocking(move || count_topic(&t, backlog, Duration::from_secs(600)))

@@ -36,6 +36,16 @@ impl Position {
         }
     }
 
+    /// `Err` with a human-readable reason when latitude or longitude is not finite or out of
+    /// range.
+    pub fn check(&self) -> Result<(), String> {
+        if self.is_valid() {
+            Ok(())
+        } else {
+            Err(format!("lat {} lon {} out of range", self.lat, self.lon))
+        }
+    }
+
     /// Whether latitude and longitude are finite and in range.
     pub fn is_valid(&self) -> bool {
         self.lat.is_finite()

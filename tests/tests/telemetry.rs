@@ -53,6 +53,53 @@ fn dataset() -> Vec<TelemetryReading> {
     out
 }
 
+/// A fresh input topic with the dataset encoded for it (not yet produced) and a DLQ topic.
+struct LiveInput {
+    data: Vec<TelemetryReading>,
+    input: String,
+    dlq: String,
+    registry: Registry,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl LiveInput {
+    async fn new() -> Self {
+        let data = dataset();
+        let input = testkit::random_name("e2e.tele.in");
+        let dlq = testkit::random_name("e2e.tele.dlq");
+        testkit::create_topic(&input, 4).await;
+        testkit::create_topic(&dlq, 1).await;
+        let registry = Registry::new(&testkit::registry_url()).expect("registry");
+        let enc = Encoder::<TelemetryReading>::register(&registry, &input)
+            .await
+            .expect("schema");
+        let records = data
+            .iter()
+            .map(|r| {
+                (
+                    r.vehicle_id.clone().into_bytes(),
+                    enc.encode(r).expect("encode"),
+                )
+            })
+            .collect();
+        Self {
+            data,
+            input,
+            dlq,
+            registry,
+            records,
+        }
+    }
+
+    /// Produces the dataset over ~20 s (300 readings/s) in the background.
+    fn produce_paced(&self) -> tokio::task::JoinHandle<()> {
+        let (topic, records) = (self.input.clone(), self.records.clone());
+        tokio::spawn(async move {
+            testkit::populate_topic_paced(&topic, &records, 300).await;
+        })
+    }
+}
+
 struct Run {
     windows_topic: String,
     state_url: String,
@@ -119,28 +166,12 @@ async fn windows(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
-    let data = dataset();
-    let input = testkit::random_name("e2e.tele.in");
-    let dlq = testkit::random_name("e2e.tele.dlq");
-    testkit::create_topic(&input, 4).await;
-    testkit::create_topic(&dlq, 1).await;
-    let registry = Registry::new(&testkit::registry_url()).expect("registry");
-    let enc = Encoder::<TelemetryReading>::register(&registry, &input)
-        .await
-        .expect("schema");
-    let records: Vec<(Vec<u8>, Vec<u8>)> = data
-        .iter()
-        .map(|r| {
-            (
-                r.vehicle_id.clone().into_bytes(),
-                enc.encode(r).expect("encode"),
-            )
-        })
-        .collect();
+    let live = LiveInput::new().await;
+    let (data, input, dlq, registry) = (&live.data, &live.input, &live.dlq, &live.registry);
     // Expected windows: distinct (vehicle, minute) pairs of the dataset.
     let mut expected_windows = std::collections::HashSet::new();
     let mut latest: HashMap<String, i64> = HashMap::new();
-    for r in &data {
+    for r in data {
         expected_windows.insert((
             r.vehicle_id.clone(),
             r.event_time - r.event_time.rem_euclid(60_000),
@@ -150,18 +181,15 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
     }
 
     let dir = tempfile_dir();
-    let steady = Run::new(&input, &dlq, &dir, "steady").await;
-    let crashy = Run::new(&input, &dlq, &dir, "crashy").await;
+    let steady = Run::new(input, dlq, &dir, "steady").await;
+    let crashy = Run::new(input, dlq, &dir, "crashy").await;
     let steady_tail = TopicTail::start(&steady.windows_topic);
     let crashy_tail = TopicTail::start(&crashy.windows_topic);
     let a = steady.start();
     assert!(wait_ready(&a).await, "steady run ready");
 
     // The input arrives over ~20 s; the second run is killed three times meanwhile.
-    let topic = input.clone();
-    let producer = tokio::spawn(async move {
-        testkit::populate_topic_paced(&topic, &records, 300).await;
-    });
+    let producer = live.produce_paced();
     let mut kills = 0;
     for round in 0..3u64 {
         let p = crashy.start();
@@ -181,12 +209,12 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
         "steady run emitted {got_a} of {want} windows"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let (mut wb, mut copies_b) = windows(&registry, &crashy_tail).await;
+    let (mut wb, mut copies_b) = windows(registry, &crashy_tail).await;
     while wb.len() < want && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        (wb, copies_b) = windows(&registry, &crashy_tail).await;
+        (wb, copies_b) = windows(registry, &crashy_tail).await;
     }
-    let (wa, copies_a) = windows(&registry, &steady_tail).await;
+    let (wa, copies_a) = windows(registry, &steady_tail).await;
     assert_eq!(
         wa.len(),
         want,
@@ -244,36 +272,17 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_split_the_partitions_and_agree_with_one() {
-    let data = dataset();
-    let input = testkit::random_name("e2e.tele.in");
-    let dlq = testkit::random_name("e2e.tele.dlq");
-    testkit::create_topic(&input, 4).await;
-    testkit::create_topic(&dlq, 1).await;
-    let registry = Registry::new(&testkit::registry_url()).expect("registry");
-    let enc = Encoder::<TelemetryReading>::register(&registry, &input)
-        .await
-        .expect("schema");
-    let records: Vec<(Vec<u8>, Vec<u8>)> = data
-        .iter()
-        .map(|r| {
-            (
-                r.vehicle_id.clone().into_bytes(),
-                enc.encode(r).expect("encode"),
-            )
-        })
-        .collect();
+    let live = LiveInput::new().await;
+    let (input, dlq, registry) = (&live.input, &live.dlq, &live.registry);
     let dir = tempfile_dir();
-    let single = Run::new(&input, &dlq, &dir, "single").await;
-    let pair = Run::new(&input, &dlq, &dir, "pair").await;
+    let single = Run::new(input, dlq, &dir, "single").await;
+    let pair = Run::new(input, dlq, &dir, "pair").await;
     let single_tail = TopicTail::start(&single.windows_topic);
     let pair_tail = TopicTail::start(&pair.windows_topic);
     let s1 = single.start();
     let p1 = pair.start();
     assert!(wait_ready(&s1).await && wait_ready(&p1).await);
-    let topic = input.clone();
-    let producer = tokio::spawn(async move {
-        testkit::populate_topic_paced(&topic, &records, 300).await;
-    });
+    let producer = live.produce_paced();
     // The second instance joins mid-stream: the group rebalances and partitions move.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let p2 = pair.start();
@@ -284,12 +293,12 @@ async fn two_instances_split_the_partitions_and_agree_with_one() {
         want
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let (mut wp, _) = windows(&registry, &pair_tail).await;
+    let (mut wp, _) = windows(registry, &pair_tail).await;
     while wp.len() < want && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        (wp, _) = windows(&registry, &pair_tail).await;
+        (wp, _) = windows(registry, &pair_tail).await;
     }
-    let (ws, _) = windows(&registry, &single_tail).await;
+    let (ws, _) = windows(registry, &single_tail).await;
     assert_eq!(wp, ws, "two instances produce the same windows as one");
     // Both instances took part.
     for p in [&p1, &p2] {

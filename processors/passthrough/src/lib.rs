@@ -65,12 +65,9 @@ impl Processor for Passthrough {
         out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let r = &input.record;
-        if !r.position.is_valid() {
-            return Err(ProcessError::poison(
-                "invalid_position",
-                format!("lat {} lon {} out of range", r.position.lat, r.position.lon),
-            ));
-        }
+        r.position
+            .check()
+            .map_err(|why| ProcessError::poison("invalid_position", why))?;
         out.push(&self.output, &self.encoder, r)
     }
 }

@@ -3,24 +3,21 @@
 use anyhow::Context;
 use fleet_passthrough::{Passthrough, PassthroughConfig};
 use fleet_runtime::kafka::ProducerProfile;
-use fleet_runtime::{Cli, Config, Runtime, shutdown};
+use fleet_runtime::{Runtime, shutdown};
 use fleet_schemas::TelemetryReading;
 
 const NAME: &str = "passthrough-processor";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_for::<PassthroughConfig>(
+    let Some(config) = fleet_runtime::config::from_command_line::<PassthroughConfig>(
         NAME,
         "Forwards valid TelemetryReadings to an output topic; dead-letters invalid ones.",
-    );
-    shutdown::init_logging();
-    let config =
-        Config::<PassthroughConfig>::load(cli.config.as_deref()).context("configuration")?;
-    if cli.print_config {
-        println!("{}", config.to_pretty());
+    )
+    .context("configuration")?
+    else {
         return Ok(());
-    }
+    };
     let token = shutdown::install();
     let runtime = Runtime::start(NAME, &config, ProducerProfile::Throughput, token.clone())
         .await

@@ -401,6 +401,22 @@ impl Cli {
     }
 }
 
+/// What every binary does first: parse the command line (`--help` lists every key), set up
+/// logging, load and validate the configuration. `None` when `--print-config` printed it.
+pub fn from_command_line<A: Section>(
+    name: &'static str,
+    about: &'static str,
+) -> Result<Option<Config<A>>> {
+    let cli = Cli::parse_for::<A>(name, about);
+    crate::shutdown::init_logging();
+    let config = Config::<A>::load(cli.config.as_deref())?;
+    if cli.print_config {
+        println!("{}", config.to_pretty());
+        return Ok(None);
+    }
+    Ok(Some(config))
+}
+
 #[cfg(test)]
 #[allow(unreachable_pub, clippy::result_large_err)]
 mod tests {

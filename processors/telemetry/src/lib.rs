@@ -273,12 +273,9 @@ impl<S: StateStore> Processor for Telemetry<S> {
         out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let r = &input.record;
-        if !r.position.is_valid() {
-            return Err(ProcessError::poison(
-                "invalid_position",
-                format!("lat {} lon {} out of range", r.position.lat, r.position.lon),
-            ));
-        }
+        r.position
+            .check()
+            .map_err(|why| ProcessError::poison("invalid_position", why))?;
         let now = now_ms();
         let windows = self.windows;
         let offset = input.offset;

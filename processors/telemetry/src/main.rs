@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use fleet_runtime::kafka::ProducerProfile;
-use fleet_runtime::{Cli, Config, Runtime, shutdown};
+use fleet_runtime::{Runtime, shutdown};
 use fleet_schemas::WindowAggregate;
 use fleet_state::{Store, StoreOptions};
 use fleet_telemetry::{Telemetry, TelemetryConfig};
@@ -11,16 +11,14 @@ const NAME: &str = "telemetry-processor";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_for::<TelemetryConfig>(
+    let Some(config) = fleet_runtime::config::from_command_line::<TelemetryConfig>(
         NAME,
         "Hot vehicle state and event-time windowed aggregation of fleet.telemetry.",
-    );
-    shutdown::init_logging();
-    let config = Config::<TelemetryConfig>::load(cli.config.as_deref()).context("configuration")?;
-    if cli.print_config {
-        println!("{}", config.to_pretty());
+    )
+    .context("configuration")?
+    else {
         return Ok(());
-    }
+    };
     let token = shutdown::install();
     let runtime = Runtime::start(NAME, &config, ProducerProfile::Throughput, token.clone())
         .await
