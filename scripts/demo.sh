@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The main job, one command: installs what is missing, brings the local stack up, builds in
-# release mode, and runs sample fleet data through the pipeline. Today the pipeline is the
-# foundation's pass-through processor: the load tester writes N TelemetryReadings (Avro,
-# registered in the schema registry) for V vehicles, the processor decodes, validates and
-# forwards them, and the run prints throughput next to a bare consumer's.
+# release mode, and runs a simulated fleet through the pipeline:
+#   1. telemetry: V vehicles send RATE readings/s for DURATION s (Avro, schema registry) into
+#      fleet.telemetry-like topics; telemetry-processor keeps vehicle_state and emits 60 s windows;
+#      the report gives consumer lag, vehicle_state freshness and the max rate vs a bare consumer;
+#   2. passthrough: the runtime's own cost (passthrough-processor vs bare consumer and pipe).
+# Reports (JSON) go to .fleet/reports/.
 #
-#   scripts/demo.sh [--records N] [--vehicles V] [--keep]
-#     --keep   leave the stack running afterwards (scripts/stack.sh down stops it)
+#   scripts/demo.sh [--rate N] [--duration S] [--vehicles V] [--records N] [--keep]
+#     --records  records of the passthrough run and of the max-rate backlog (default 200000)
+#     --keep     leave the stack running afterwards (scripts/stack.sh down stops it)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -14,13 +17,17 @@ cd "$FLEET_ROOT"
 
 records=200000
 vehicles=10000
+rate=5000
+duration=60
 keep=0
 while (($#)); do
   case $1 in
     --records) records=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
     --vehicles) vehicles=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -30,9 +37,14 @@ if ((keep == 0)); then
   trap 'scripts/stack.sh down || true' EXIT
 fi
 log "building release binaries"
-cargo build -q --release -p fleet-passthrough -p fleet-loadtest
+cargo build -q --release -p fleet-passthrough -p fleet-telemetry -p fleet-loadtest
 mkdir -p "$FLEET_STATE_DIR/reports"
-report="$FLEET_STATE_DIR/reports/passthrough-$(date +%Y%m%dT%H%M%S).json"
-log "running $records readings from $vehicles vehicles through passthrough-processor"
-"$CARGO_TARGET_DIR/release/fleet-loadtest" passthrough --records "$records" --vehicles "$vehicles" --report "$report"
-log "report: $report"
+stamp=$(date +%Y%m%dT%H%M%S)
+loadtest="$CARGO_TARGET_DIR/release/fleet-loadtest"
+log "telemetry: $rate readings/s from $vehicles vehicles for ${duration}s through telemetry-processor"
+"$loadtest" telemetry --rate "$rate" --duration "$duration" --vehicles "$vehicles" \
+  --backlog "$records" --report "$FLEET_STATE_DIR/reports/telemetry-$stamp.json"
+log "passthrough: $records readings through passthrough-processor"
+"$loadtest" passthrough --records "$records" --vehicles "$vehicles" \
+  --report "$FLEET_STATE_DIR/reports/passthrough-$stamp.json"
+log "reports in $FLEET_STATE_DIR/reports/"
