@@ -12,7 +12,8 @@
 //! ## Delivery guarantee: a crash loses no window and double-counts nothing
 //! * Open windows live in memory. The offset committed for a partition never passes the first
 //!   record of its oldest open window ([`Processor::hold`]), nor a record whose state update is
-//!   not yet written, nor the first record of a closed window whose emission is not yet durable.
+//!   not yet written, nor the first record of a closed window whose emission is not yet durable
+//!   (or that a failed store write left unemitted: it is emitted again on the retry).
 //!   A restart therefore re-reads every record of every window that was not durably emitted and
 //!   rebuilds those windows completely.
 //! * Once the outputs of the input that closed some windows are acknowledged
@@ -93,6 +94,8 @@ struct Part {
     last_offset: i64,
     /// Smallest offset whose vehicle state is buffered, not yet written.
     unflushed: Option<i64>,
+    /// Windows closed but not yet handed to the outputs and the store.
+    unemitted: Vec<Closed<String>>,
 }
 
 /// The processor.
@@ -159,6 +162,7 @@ impl<S: StateStore> Telemetry<S> {
                     closes: VecDeque::new(),
                     last_offset: -1,
                     unflushed: None,
+                    unemitted: Vec::new(),
                 },
             );
         }
@@ -183,35 +187,47 @@ impl<S: StateStore> Telemetry<S> {
         Ok(())
     }
 
-    /// Emits closed windows to `out` and the store; remembers them until the frontier covers
-    /// them. `carrier` is the offset whose outputs carry them.
+    /// Emits the closed, not yet emitted windows of `partitions` ((partition, watermark of the
+    /// close, carrier offset whose outputs carry them)) to `out` and the store. Only when the
+    /// store write succeeded are they handed over to the frontier bookkeeping; on a failure they
+    /// stay in `unemitted` and the caller's retry emits them again, so a window is never dropped
+    /// between closing and emission.
     async fn emit(
         &mut self,
-        partition: i32,
-        closed: Vec<Closed<String>>,
-        watermark: i64,
-        carrier: i64,
+        partitions: &[(i32, i64, i64)],
         out: &mut Outputs,
         now: i64,
     ) -> Result<(), ProcessError> {
-        if closed.is_empty() {
-            return Ok(());
+        let mut rows = Vec::new();
+        for (p, _, _) in partitions {
+            let Some(part) = self.parts.get(p) else {
+                continue;
+            };
+            for c in &part.unemitted {
+                let record = to_record(c, now);
+                out.push(&self.windows_topic, &self.encoder, &record)?;
+                rows.push(to_row(&record));
+            }
         }
-        let mut rows = Vec::with_capacity(closed.len());
-        for c in &closed {
-            let record = to_record(c, now);
-            out.push(&self.windows_topic, &self.encoder, &record)?;
-            rows.push(to_row(&record));
+        if rows.is_empty() {
+            return Ok(());
         }
         self.store
             .put_windows(&rows, now)
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
-        let part = self.part(partition).await?;
-        for c in &closed {
-            part.closed_pending.insert((c.first_tag, c.window.end));
+        for (p, watermark, carrier) in partitions {
+            let Some(part) = self.parts.get_mut(p) else {
+                continue;
+            };
+            if part.unemitted.is_empty() {
+                continue;
+            }
+            for c in part.unemitted.drain(..) {
+                part.closed_pending.insert((c.first_tag, c.window.end));
+            }
+            part.closes.push_back((*carrier, *watermark));
         }
-        part.closes.push_back((carrier, watermark));
         Ok(())
     }
 }
@@ -333,13 +349,17 @@ impl<S: StateStore> Processor for Telemetry<S> {
                 },
             );
         }
-        if let Some(wm) = wm {
-            let closed = self.part(input.partition).await?.windows.close_until(wm);
-            self.emit(input.partition, closed, wm, offset, out, now)
-                .await?;
-        }
+        // State writes first: emission must be the last fallible step, so that a retry after a
+        // failure here cannot discard window outputs whose closing was already recorded.
         if self.states.len() >= self.max_buffered {
             self.flush_states(now).await?;
+        }
+        if let Some(wm) = wm {
+            let part = self.part(input.partition).await?;
+            let closed = part.windows.close_until(wm);
+            part.unemitted.extend(closed);
+            self.emit(&[(input.partition, wm, offset)], out, now)
+                .await?;
         }
         Ok(())
     }
@@ -347,19 +367,18 @@ impl<S: StateStore> Processor for Telemetry<S> {
     async fn on_tick(&mut self, now_ms: i64, out: &mut Outputs) -> Result<(), ProcessError> {
         self.flush_states(now_ms).await?;
         // Idle partitions: their watermark follows processing time, closing the last windows.
-        let partitions: Vec<i32> = self.parts.keys().copied().collect();
-        for p in partitions {
-            let part = self.part(p).await?;
+        let mut due = Vec::with_capacity(self.parts.len());
+        for (p, part) in self.parts.iter_mut() {
             let Some(wm) = part.watermark.current(now_ms) else {
                 continue;
             };
             let closed = part.windows.close_until(wm);
+            part.unemitted.extend(closed);
             // Timer outputs settle before any later input of the partition, so the next input
             // (last + 1) carries them.
-            let carrier = part.last_offset + 1;
-            self.emit(p, closed, wm, carrier, out, now_ms).await?;
+            due.push((*p, wm, part.last_offset + 1));
         }
-        Ok(())
+        self.emit(&due, out, now_ms).await
     }
 
     fn hold(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -369,6 +388,7 @@ impl<S: StateStore> Processor for Telemetry<S> {
         let part = self.parts.get(&partition)?;
         [
             part.windows.oldest_tag(),
+            part.unemitted.iter().map(|c| c.first_tag).min(),
             part.closed_pending.first().map(|(tag, _)| *tag),
             part.unflushed,
         ]
