@@ -442,3 +442,212 @@ impl<S: StateStore> Processor for Telemetry<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use fleet_schemas::Decoder;
+    use fleet_state::{Result as StateResult, Store, StoreOptions};
+
+    use super::*;
+
+    /// The real SQLite store, with `put_windows` failing a chosen number of times.
+    struct Flaky {
+        inner: Store,
+        failures_left: Arc<AtomicUsize>,
+    }
+
+    impl StateStore for Flaky {
+        async fn upsert_vehicle_states(
+            &self,
+            rows: &[VehicleState],
+            now: i64,
+        ) -> StateResult<usize> {
+            self.inner.upsert_vehicle_states(rows, now).await
+        }
+        async fn vehicle_state(&self, id: &str, now: i64) -> StateResult<Option<VehicleState>> {
+            self.inner.vehicle_state(id, now).await
+        }
+        async fn put_windows(&self, rows: &[WindowRow], now: i64) -> StateResult<()> {
+            if self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(fleet_state::Error::Backend("injected failure".into()));
+            }
+            self.inner.put_windows(rows, now).await
+        }
+        async fn save_frontier(&self, g: &str, t: &str, p: i32, wm: i64) -> StateResult<()> {
+            self.inner.save_frontier(g, t, p, wm).await
+        }
+        async fn load_frontier(&self, g: &str, t: &str, p: i32) -> StateResult<Option<i64>> {
+            self.inner.load_frontier(g, t, p).await
+        }
+        async fn windows(&self, v: &str, f: i64, t: i64, now: i64) -> StateResult<Vec<WindowRow>> {
+            self.inner.windows(v, f, t, now).await
+        }
+    }
+
+    fn reading(vehicle: &str, t: i64) -> TelemetryReading {
+        TelemetryReading {
+            event_id: ids::derived_id(&[vehicle, &t.to_string()]),
+            vehicle_id: vehicle.into(),
+            event_time: t,
+            ingest_time: t,
+            sent_time: None,
+            position: Position::new(4.6, -74.0 + t as f64 * 1e-9),
+            speed_kmh: Some(40.0),
+            heading_deg: None,
+            cargo_temp_c: Some(3.0),
+            door_open: None,
+            ignition_on: None,
+            accel_mps2: None,
+            odometer_km: None,
+            battery_v: None,
+            camera_active: None,
+            source: "test".into(),
+        }
+    }
+
+    async fn feed(
+        p: &mut Telemetry<Flaky>,
+        offset: i64,
+        r: TelemetryReading,
+        out: &mut Outputs,
+    ) -> Result<(), ProcessError> {
+        let input = Input {
+            record: r,
+            topic: "in",
+            partition: 0,
+            offset,
+            key: None,
+            timestamp_ms: None,
+        };
+        p.process(&input, out).await
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_write_never_drops_a_closed_window() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}/s.db", dir.path().display());
+        let failures = Arc::new(AtomicUsize::new(1));
+        let store = Flaky {
+            inner: Store::open(&url, StoreOptions::default())
+                .await
+                .expect("store"),
+            failures_left: failures.clone(),
+        };
+        let config = TelemetryConfig {
+            input_topic: "in".into(),
+            windows_topic: "windows".into(),
+            allowed_lateness: Duration::from_secs(0),
+            ..Default::default()
+        };
+        let mut p =
+            Telemetry::new(&config, "g", Encoder::with_schema_id(7), store).expect("processor");
+        let mut out = Outputs::new();
+        // Window [0, 60 s) gets two readings (offsets 10 and 11); offset 12 at 61 s closes it.
+        feed(&mut p, 10, reading("V", 1_000), &mut out)
+            .await
+            .expect("ok");
+        feed(&mut p, 11, reading("V", 2_000), &mut out)
+            .await
+            .expect("ok");
+        assert_eq!(
+            p.hold("in", 0),
+            Some(10),
+            "the open window holds its first offset"
+        );
+        let err = feed(&mut p, 12, reading("V", 61_000), &mut out)
+            .await
+            .expect_err("injected");
+        assert!(matches!(err, ProcessError::Transient(_)));
+        assert_eq!(
+            p.hold("in", 0),
+            Some(10),
+            "the unemitted window still holds its offset"
+        );
+        // The runtime clears the outputs and retries the same input: the window is emitted.
+        out = Outputs::new();
+        feed(&mut p, 12, reading("V", 61_000), &mut out)
+            .await
+            .expect("retry succeeds");
+        let dec = Decoder::<WindowAggregate>::offline(&[7]);
+        let emitted: Vec<WindowAggregate> = {
+            let mut v = Vec::new();
+            for (topic, key, payload) in out.iter() {
+                assert_eq!((topic, key), ("windows", &b"V"[..]));
+                v.push(dec.decode(payload).await.expect("window"));
+            }
+            v
+        };
+        assert_eq!(emitted.len(), 1);
+        assert_eq!((emitted[0].window_start, emitted[0].count), (0, 2));
+        assert_eq!(failures.load(Ordering::SeqCst), 0);
+        // Until its outputs are durable the closed window holds offset 10 (as do the buffered
+        // vehicle states until the tick writes them); afterwards the hold moves to the open
+        // window [60 s, 120 s) that starts at offset 12.
+        p.on_tick(now_ms(), &mut Outputs::new())
+            .await
+            .expect("tick writes the states");
+        assert_eq!(p.hold("in", 0), Some(10));
+        p.on_durable("in", 0, 13).await.expect("durable");
+        assert_eq!(p.hold("in", 0), Some(12));
+        // The frontier is saved: a restarted processor skips re-read records of that window.
+        assert_eq!(
+            p.store.load_frontier("g", "in", 0).await.expect("read"),
+            Some(61_000)
+        );
+        let mut restarted =
+            Telemetry::new(&config, "g", Encoder::with_schema_id(7), p.store).expect("processor");
+        let mut out = Outputs::new();
+        feed(&mut restarted, 10, reading("V", 1_000), &mut out)
+            .await
+            .expect("skipped");
+        feed(&mut restarted, 11, reading("V", 2_000), &mut out)
+            .await
+            .expect("skipped");
+        assert_eq!(restarted.skipped_replays, 2);
+        assert!(out.is_empty(), "no partial copy of the emitted window");
+    }
+
+    #[tokio::test]
+    async fn late_and_invalid_readings_are_poison() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}/s.db", dir.path().display());
+        let store = Flaky {
+            inner: Store::open(&url, StoreOptions::default())
+                .await
+                .expect("store"),
+            failures_left: Arc::new(AtomicUsize::new(0)),
+        };
+        let config = TelemetryConfig {
+            input_topic: "in".into(),
+            allowed_lateness: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let mut p =
+            Telemetry::new(&config, "g", Encoder::with_schema_id(7), store).expect("processor");
+        let mut out = Outputs::new();
+        feed(&mut p, 1, reading("V", 130_000), &mut out)
+            .await
+            .expect("ok");
+        let late = feed(&mut p, 2, reading("V", 10_000), &mut out)
+            .await
+            .expect_err("late");
+        assert!(matches!(late, ProcessError::Poison { reason: "late", .. }));
+        let mut bad = reading("V", 131_000);
+        bad.position.lat = 95.0;
+        let invalid = feed(&mut p, 3, bad, &mut out).await.expect_err("invalid");
+        assert!(matches!(
+            invalid,
+            ProcessError::Poison {
+                reason: "invalid_position",
+                ..
+            }
+        ));
+    }
+}
