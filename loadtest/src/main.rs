@@ -120,6 +120,17 @@ pub(crate) fn reading_at(i: usize, vehicles: usize, t: i64) -> TelemetryReading 
     }
 }
 
+/// An idempotent `acks=all` lz4 producer configuration for the local stack.
+pub(crate) fn producer_config(linger_ms: u32) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", testkit::brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger_ms.to_string())
+        .set("compression.type", "lz4");
+    c
+}
+
 /// Writes `n` readings made by `make` to `topic`, waiting for every acknowledgement.
 pub(crate) async fn write_all(
     producer: &FutureProducer,
@@ -189,13 +200,8 @@ fn bare_pipe(src: &str, dst: &str, stop: &std::sync::atomic::AtomicBool) -> anyh
         .set("auto.offset.reset", "earliest")
         .create()?;
     c.subscribe(&[src])?;
-    let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", testkit::brokers())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .create()?;
+    let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        producer_config(5).create()?;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             let m = m?;
@@ -236,13 +242,8 @@ async fn passthrough(
         .context("registering the schema (is the stack up? scripts/stack.sh up)")?;
 
     eprintln!("writing {records} records to {input} ({partitions} partitions)");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", testkit::brokers())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "10")
+    let producer: FutureProducer = producer_config(10)
         .set("batch.num.messages", "10000")
-        .set("compression.type", "lz4")
         .create()?;
     let started = Instant::now();
     write_all(&producer, &input, &enc, records, |i| reading(i, vehicles)).await?;

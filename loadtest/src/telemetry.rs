@@ -15,11 +15,10 @@ use anyhow::{Context, bail};
 use fleet_runtime::testkit;
 use fleet_schemas::{Encoder, Registry, TelemetryReading};
 use fleet_state::{StateStore, Store, StoreOptions};
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
-use crate::{count_topic, rate, reading_at, write_all};
+use crate::{count_topic, producer_config, rate, reading_at, write_all};
 
 /// The report.
 #[derive(Debug, Serialize)]
@@ -149,13 +148,7 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", testkit::brokers())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .create()?;
+    let producer: FutureProducer = producer_config(5).create()?;
     // Sampled vehicles: their sent readings await observation in vehicle_state.
     let sample_every = (vehicles / 50).max(1);
     let mut pending: HashMap<String, VecDeque<(i64, Instant)>> = HashMap::new();
