@@ -24,6 +24,7 @@ port_of() {
     registry) echo "$FLEET_REGISTRY_PORT" ;;
     mqtt) echo "$FLEET_MQTT_PORT" ;;
     s3) echo "$FLEET_S3_PORT" ;;
+    mqtt_tls) echo "$FLEET_MQTT_TLS_PORT" ;;
   esac
 }
 
@@ -76,6 +77,11 @@ FLEET_S3_BUCKET=fleet-lake
 EOF
     chmod 600 "$f"
   fi
+  # Entries added after a state dir was first created.
+  if ! grep -q '^FLEET_MQTT_SIMULATOR_PASSWORD=' "$f"; then
+    printf 'FLEET_MQTT_SIMULATOR_USER=fleet-simulator\nFLEET_MQTT_SIMULATOR_PASSWORD=%s\n' \
+      "$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)" >>"$f"
+  fi
   # shellcheck disable=SC1090
   source "$f"
 }
@@ -121,10 +127,13 @@ start_mqtt() {
   local dir="$FLEET_STATE_DIR/mqtt"
   mkdir -p "$dir"
   check_port_free mqtt
-  # Password file: the bridge, plus development vehicles VEH-TEST-001..010 sharing one password.
+  check_port_free mqtt_tls
+  # Password file: the bridge, the fleet simulator (load tests: a gateway publishing for many
+  # vehicles), plus development vehicles VEH-TEST-001..010 sharing one password.
   local pw="$dir/passwords"
   : >"$pw"
   mosquitto_passwd -b "$pw" "$FLEET_MQTT_BRIDGE_USER" "$FLEET_MQTT_BRIDGE_PASSWORD"
+  mosquitto_passwd -b "$pw" "$FLEET_MQTT_SIMULATOR_USER" "$FLEET_MQTT_SIMULATOR_PASSWORD"
   for i in $(seq -w 1 10); do
     mosquitto_passwd -b "$pw" "VEH-TEST-0$i" "$FLEET_MQTT_DEVICE_PASSWORD"
   done
@@ -135,6 +144,18 @@ user $FLEET_MQTT_BRIDGE_USER
 topic read vehicle/#
 topic write vehicle/+/commands/#
 topic read \$share/#
+# test/{run}/... is the end-to-end tests' namespace: each test uses its own run prefix.
+topic read test/#
+topic write test/+/+/commands/#
+
+# The fleet simulator (load tests) publishes for any vehicle and reads any vehicle's commands.
+user $FLEET_MQTT_SIMULATOR_USER
+topic write vehicle/+/telemetry
+topic write vehicle/+/emergency
+topic write vehicle/+/delivery
+topic read vehicle/+/commands/#
+topic write test/#
+topic read test/#
 
 # A vehicle (username = vehicle id) publishes only under its own id and reads only its commands.
 pattern write vehicle/%u/telemetry
@@ -152,7 +173,16 @@ persistence_location $dir/
 max_queued_messages 1000000
 max_inflight_messages 1000
 listener $FLEET_MQTT_PORT 127.0.0.1
+
+# TLS with client certificates: the certificate's CN is the MQTT user name (same ACL).
+listener $FLEET_MQTT_TLS_PORT 127.0.0.1
+cafile $dir/certs/ca.crt
+certfile $dir/certs/server.crt
+keyfile $dir/certs/server.key
+require_certificate true
+use_identity_as_username true
 EOF
+  "$FLEET_ROOT/scripts/dev-certs.sh" "$dir/certs"
   # Started as root, mosquitto drops privileges to the `mosquitto` user: let it read its files.
   if [[ $(id -u) -eq 0 ]] && id mosquitto >/dev/null 2>&1; then
     chown -R mosquitto: "$dir"
@@ -160,6 +190,7 @@ EOF
   setsid mosquitto -c "$dir/mosquitto.conf" >>"$LOGS/mqtt.log" 2>&1 </dev/null &
   echo $! >"$PIDS/mqtt.pid"
   wait_port "$FLEET_MQTT_PORT" 20 mqtt "$!"
+  wait_port "$FLEET_MQTT_TLS_PORT" 20 mqtt "$!"
 }
 
 start_s3() {
@@ -234,6 +265,8 @@ export FLEET_MQTT_URL=$FLEET_MQTT_URL
 export FLEET_S3_ENDPOINT=$FLEET_S3_ENDPOINT
 export FLEET_MQTT_BRIDGE_USER=$FLEET_MQTT_BRIDGE_USER
 export FLEET_MQTT_BRIDGE_PASSWORD=$FLEET_MQTT_BRIDGE_PASSWORD
+export FLEET_MQTT_TLS_URL=mqtts://127.0.0.1:$FLEET_MQTT_TLS_PORT
+export FLEET_MQTT_CERTS=$FLEET_STATE_DIR/mqtt/certs
 export FLEET_S3_ACCESS_KEY=$FLEET_S3_ACCESS_KEY
 export FLEET_S3_SECRET_KEY=$FLEET_S3_SECRET_KEY
 EOF

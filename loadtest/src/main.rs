@@ -16,6 +16,7 @@
 //! target/release/fleet-loadtest passthrough --records 200000
 //! ```
 
+mod mqtt;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -69,6 +70,27 @@ enum Scenario {
         /// Records of the backlog used to measure the maximum rate.
         #[arg(long, default_value_t = 200_000)]
         backlog: usize,
+        /// Write the JSON report here as well as to stdout.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Devices -> mosquitto -> mqtt-bridge -> Kafka at a fixed rate, then a burst.
+    Mqtt {
+        /// Messages per second in the fixed-rate phase.
+        #[arg(long, default_value_t = 5_000)]
+        rate: usize,
+        /// Seconds of the fixed-rate phase.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Simulated vehicles.
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// MQTT connections publishing.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        /// Messages of the as-fast-as-possible phase.
+        #[arg(long, default_value_t = 200_000)]
+        burst: usize,
         /// Write the JSON report here as well as to stdout.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -332,6 +354,22 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = telemetry::run(rate, duration, vehicles.max(1), backlog).await?;
+            let json = serde_json::to_string_pretty(&r)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Scenario::Mqtt {
+            rate,
+            duration,
+            vehicles,
+            connections,
+            burst,
+            report,
+        } => {
+            let r = mqtt::run(rate, duration, vehicles.max(1), connections, burst).await?;
             let json = serde_json::to_string_pretty(&r)?;
             println!("{json}");
             if let Some(path) = report {

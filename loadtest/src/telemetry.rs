@@ -40,13 +40,13 @@ pub(crate) struct TelemetryReport {
 }
 
 #[derive(Debug, Serialize)]
-struct Percentiles {
-    p50: u64,
-    p99: u64,
-    max: u64,
+pub(crate) struct Percentiles {
+    pub(crate) p50: u64,
+    pub(crate) p99: u64,
+    pub(crate) max: u64,
 }
 
-fn percentiles(mut v: Vec<u64>) -> Percentiles {
+pub(crate) fn percentiles(mut v: Vec<u64>) -> Percentiles {
     v.sort_unstable();
     let at = |q: f64| {
         v.get(((v.len() as f64 - 1.0) * q).round() as usize)
@@ -90,7 +90,7 @@ fn start_processor(
         .with_context(|| format!("starting {}", bin.display()))
 }
 
-async fn metric_sum(port: u16, prefix: &str) -> Option<i64> {
+pub(crate) async fn metric_sum(port: u16, prefix: &str) -> Option<i64> {
     let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .ok()?
@@ -105,7 +105,7 @@ async fn metric_sum(port: u16, prefix: &str) -> Option<i64> {
     )
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

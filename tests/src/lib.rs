@@ -74,6 +74,11 @@ impl Proc {
 
     /// SIGKILL and reap.
     pub fn kill9(mut self) {
+        self.kill9_in_place();
+    }
+
+    /// SIGKILL and reap, keeping the handle (for a restart loop).
+    pub fn kill9_in_place(&mut self) {
         self.signal("KILL");
         let _ = self.child.wait();
     }
@@ -148,3 +153,23 @@ pub async fn wait_progress(p: &Proc) -> bool {
     }
     false
 }
+
+pub use fleet_runtime::testkit::{credentials, state_dir};
+
+/// Port of the local MQTT broker's plain listener.
+pub fn mqtt_port() -> u16 {
+    std::env::var("FLEET_MQTT_URL")
+        .ok()
+        .and_then(|u| u.rsplit(':').next().and_then(|p| p.parse().ok()))
+        .unwrap_or(1883)
+}
+
+/// Port of the local MQTT broker's TLS (client certificate) listener.
+pub fn mqtt_tls_port() -> u16 {
+    std::env::var("FLEET_MQTT_TLS_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8883)
+}
+
+pub mod mqtt;

@@ -3,28 +3,12 @@
 //! mosquitto_sub, HTTP).
 #![cfg(feature = "stack")]
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-fn credentials() -> HashMap<String, String> {
-    let dir = std::env::var("FLEET_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.fleet"));
-    let text = std::fs::read_to_string(dir.join("credentials.env"))
-        .expect("credentials.env (scripts/stack.sh up writes it)");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
+use fleet_e2e::credentials;
 
 fn mqtt_port() -> String {
-    std::env::var("FLEET_MQTT_URL")
-        .ok()
-        .and_then(|u| u.rsplit(':').next().map(str::to_owned))
-        .unwrap_or_else(|| "1883".into())
+    fleet_e2e::mqtt_port().to_string()
 }
 
 /// `mosquitto_pub` or `mosquitto_sub` against the local broker at QoS 1 as `user`.

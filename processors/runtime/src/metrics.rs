@@ -11,9 +11,11 @@
 //! | `fleet_processor_in_flight_records` | component | inputs whose outputs await acknowledgement |
 //! | `fleet_consumer_lag_records` | component, topic, partition | high watermark minus the consumer's position (librdkafka statistics) |
 //! | `fleet_consumer_assigned_partitions` | component | partitions currently assigned |
+//! | `fleet_stage_latency_seconds` | component, stage | histogram of a stage's latency (for example `mqtt_to_kafka_ack`) |
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -25,6 +27,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -49,6 +52,7 @@ pub struct Metrics {
     in_flight: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
     assigned: Family<Labels, Gauge>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Readiness inputs.
     pub health: Health,
 }
@@ -64,6 +68,10 @@ impl Metrics {
         let in_flight = Family::<Labels, Gauge>::default();
         let lag = Family::<Labels, Gauge>::default();
         let assigned = Family::<Labels, Gauge>::default();
+        let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+            // 0.25 ms .. ~16 s
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+        });
         registry.register(
             "fleet_processor_records",
             "Input records finished, by outcome",
@@ -99,6 +107,11 @@ impl Metrics {
             "Partitions currently assigned to this consumer",
             assigned.clone(),
         );
+        registry.register(
+            "fleet_stage_latency_seconds",
+            "Latency of a pipeline stage, seconds",
+            latency.clone(),
+        );
         Arc::new(Self {
             component,
             registry,
@@ -109,6 +122,7 @@ impl Metrics {
             in_flight,
             lag,
             assigned,
+            latency,
             health: Health::default(),
         })
     }
@@ -160,6 +174,13 @@ impl Metrics {
             .set(lag);
     }
 
+    /// Histogram of the latency of `stage`, in seconds (cache the handle on hot paths).
+    pub fn latency(&self, stage: &str) -> Histogram {
+        self.latency
+            .get_or_create(&self.labels(&[("stage", stage)]))
+            .clone()
+    }
+
     /// Sets the number of assigned partitions.
     pub fn set_assigned(&self, n: usize) {
         self.health.assigned.store(n, Ordering::Relaxed);
@@ -184,13 +205,22 @@ pub struct Health {
     pub(crate) last_progress_ms: AtomicI64,
     /// Stall timeout in ms.
     pub(crate) stall_timeout_ms: AtomicI64,
+    /// Set by binaries whose readiness does not depend on a Kafka consumer assignment.
+    no_consumer: AtomicBool,
+    /// External dependencies (an MQTT connection, ...) and whether each is up.
+    deps: Mutex<Vec<(&'static str, bool)>>,
 }
 
 impl Health {
     /// Ready = partitions assigned and offsets advancing (nothing stuck in flight longer than
     /// the stall timeout). Returns the reason when not ready.
     pub fn ready(&self, now_ms: i64) -> Result<(), String> {
-        if self.assigned.load(Ordering::Relaxed) == 0 {
+        if let Ok(deps) = self.deps.lock()
+            && let Some((name, _)) = deps.iter().find(|(_, up)| !up)
+        {
+            return Err(format!("{name} is not connected"));
+        }
+        if self.assigned.load(Ordering::Relaxed) == 0 && !self.no_consumer.load(Ordering::Relaxed) {
             return Err("no partitions assigned".into());
         }
         let in_flight = self.in_flight.load(Ordering::Relaxed);
@@ -206,6 +236,22 @@ impl Health {
 
     pub(crate) fn progress(&self, now_ms: i64) {
         self.last_progress_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Readiness no longer requires assigned partitions (a binary without a consumer, or
+    /// whose consumer is optional).
+    pub fn consumer_optional(&self) {
+        self.no_consumer.store(true, Ordering::Relaxed);
+    }
+
+    /// Records whether the external dependency `name` is up; readiness requires all to be.
+    pub fn set_dependency(&self, name: &'static str, up: bool) {
+        if let Ok(mut deps) = self.deps.lock() {
+            match deps.iter_mut().find(|(n, _)| *n == name) {
+                Some(d) => d.1 = up,
+                None => deps.push((name, up)),
+            }
+        }
     }
 }
 
@@ -298,5 +344,25 @@ mod tests {
         assert!(h.ready(11_500).is_err(), "stalled");
         h.in_flight.store(0, Ordering::Relaxed);
         assert!(h.ready(99_000).is_ok(), "idle is not stalled");
+        h.set_dependency("mqtt", false);
+        assert_eq!(h.ready(99_000), Err("mqtt is not connected".into()));
+        h.set_dependency("mqtt", true);
+        assert!(h.ready(99_000).is_ok());
+    }
+
+    #[test]
+    fn readiness_without_a_consumer() {
+        let h = Health::default();
+        assert!(h.ready(0).is_err());
+        h.consumer_optional();
+        assert!(h.ready(0).is_ok());
+    }
+
+    #[test]
+    fn latency_histograms_export() {
+        let m = Metrics::new("test-proc");
+        m.latency("mqtt_to_kafka_ack").observe(0.003);
+        let text = m.encode();
+        assert!(text.contains("fleet_stage_latency_seconds_count{component=\"test-proc\",stage=\"mqtt_to_kafka_ack\"} 1"), "{text}");
     }
 }

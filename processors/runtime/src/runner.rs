@@ -40,7 +40,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -759,8 +759,7 @@ impl<P: Processor> Loop<'_, P> {
             let s = self.out.staged[i].clone();
             let key = &self.out.arena[s.key.clone()];
             let payload = &self.out.arena[s.payload.clone()];
-            let fut = send_with_backpressure(&self.rt.producer, &s.topic, Some(key), Some(payload))
-                .await?;
+            let fut = kafka::send(&self.rt.producer, &s.topic, Some(key), Some(payload)).await?;
             pending.push((s.topic, fut));
         }
         self.summary.outputs += pending.len() as u64;
@@ -779,38 +778,12 @@ impl<P: Processor> Loop<'_, P> {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> Result<DeliveryFuture> {
-        send_with_backpressure(&self.rt.producer, topic, key, payload).await
+        kafka::send(&self.rt.producer, topic, key, payload).await
     }
 
     fn set_in_flight(&self) {
         let n = self.in_flight.len();
         self.counters.in_flight.set(n as i64);
         self.rt.metrics.health.in_flight.store(n, Ordering::Relaxed);
-    }
-}
-
-/// Enqueues one record, waiting while librdkafka's queue is full.
-async fn send_with_backpressure(
-    producer: &FutureProducer,
-    topic: &str,
-    key: Option<&[u8]>,
-    payload: Option<&[u8]>,
-) -> Result<DeliveryFuture> {
-    loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        match producer.send_result(record) {
-            Ok(fut) => return Ok(fut),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                // Let librdkafka drain its queue; deliveries keep completing meanwhile.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(Error::Kafka(e)),
-        }
     }
 }

@@ -20,6 +20,27 @@ pub fn registry_url() -> String {
         .unwrap_or_else(|_| "http://127.0.0.1:8081".to_owned())
 }
 
+/// The local stack's state directory (`FLEET_STATE_DIR`, default `.fleet/` in the clone).
+pub fn state_dir() -> std::path::PathBuf {
+    std::env::var("FLEET_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.fleet")
+        })
+}
+
+/// The development credentials `scripts/stack.sh up` generated (`credentials.env`).
+pub fn credentials() -> std::collections::HashMap<String, String> {
+    #[allow(clippy::expect_used)]
+    let text = std::fs::read_to_string(state_dir().join("credentials.env"))
+        .expect("credentials.env (scripts/stack.sh up writes it)");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 /// A fresh name like `prefix-3f9a1c2b` (the local broker must never have a topic deleted).
 pub fn random_name(prefix: &str) -> String {
     let n: u32 = rand::rng().random();

@@ -1,0 +1,539 @@
+//! `mqtt` scenario: devices -> mosquitto -> mqtt-bridge -> Kafka, QoS 1 end to end.
+//!
+//! 1. **Fixed rate**: `rate` telemetry messages/s for `duration` s from `vehicles` vehicles,
+//!    published by the stack's `fleet-simulator` user over `connections` MQTT connections.
+//!    Each message carries its *intended* send time (`sentAt`), so a stalled publisher cannot
+//!    hide latency (no coordinated omission). A reader on the Kafka topic measures device ->
+//!    Kafka latency per record and checks completeness (every sequence number arrived).
+//! 2. **Burst**: `burst` messages as fast as the publishers can go; the bridge's throughput is
+//!    measured on the Kafka side (first to last record).
+//!
+//! The report also gives the bridge's own "received from MQTT -> acknowledged by Kafka"
+//! latency (its `fleet_stage_latency_seconds` histogram; bucket upper bounds) and the CPU time
+//! of mosquitto, the bridge and the Kafka broker during each phase (from /proc), to show where
+//! the time goes.
+//!
+//! ```text
+//! cargo build --release -p fleet-loadtest -p fleet-mqtt-bridge
+//! target/release/fleet-loadtest mqtt --rate 5000 --duration 60 --burst 200000
+//! ```
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fleet_runtime::testkit;
+use fleet_schemas::TelemetryReading;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+
+use crate::telemetry::{Percentiles, free_port, percentiles};
+
+/// The report.
+#[derive(Debug, Serialize)]
+pub(crate) struct MqttReport {
+    rate_target: usize,
+    duration_s: u64,
+    vehicles: usize,
+    connections: usize,
+    sent: usize,
+    acked_by_broker: usize,
+    in_kafka: usize,
+    lost: usize,
+    duplicates: usize,
+    achieved_publish_rate: f64,
+    /// Intended send time -> record read from Kafka.
+    device_to_kafka_ms: Percentiles,
+    /// Intended send time -> the bridge stamped `ingest_time` (publisher + mosquitto).
+    device_to_bridge_ms: Percentiles,
+    /// The bridge's own histogram: message received -> Kafka acknowledged (bucket bounds).
+    bridge_receive_to_kafka_ack_ms: BucketQuantiles,
+    cpu_fixed_rate: CpuShare,
+    burst_messages: usize,
+    burst_publish_rate: f64,
+    burst_kafka_rate: f64,
+    cpu_burst: CpuShare,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct BucketQuantiles {
+    p50_le: f64,
+    p99_le: f64,
+    count: u64,
+}
+
+/// CPU seconds per process over a phase and as a share of one core.
+#[derive(Debug, Serialize, Default)]
+struct CpuShare {
+    wall_s: f64,
+    mosquitto_cores: f64,
+    bridge_cores: f64,
+    kafka_broker_cores: f64,
+    loadtest_cores: f64,
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks (100 Hz on Linux).
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let k: f64 = f.get(12)?.parse().ok()?;
+            Some((u + k) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+fn stack_pid(service: &str) -> Option<u32> {
+    std::fs::read_to_string(testkit::state_dir().join(format!("pids/{service}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+struct CpuProbe {
+    pids: [Option<u32>; 4],
+    start: [f64; 4],
+    at: Instant,
+}
+
+impl CpuProbe {
+    fn start(bridge: u32) -> Self {
+        let pids = [
+            stack_pid("mqtt"),
+            Some(bridge),
+            stack_pid("kafka"),
+            Some(std::process::id()),
+        ];
+        let start = pids.map(|p| p.map_or(0.0, cpu_seconds));
+        Self {
+            pids,
+            start,
+            at: Instant::now(),
+        }
+    }
+
+    fn finish(&self) -> CpuShare {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-6);
+        let used: Vec<f64> = self
+            .pids
+            .iter()
+            .zip(self.start)
+            .map(|(p, s)| p.map_or(0.0, |p| (cpu_seconds(p) - s) / wall))
+            .collect();
+        CpuShare {
+            wall_s: wall,
+            mosquitto_cores: used[0],
+            bridge_cores: used[1],
+            kafka_broker_cores: used[2],
+            loadtest_cores: used[3],
+        }
+    }
+}
+
+struct Topics {
+    telemetry: String,
+    emergencies: String,
+    deliveries: String,
+    commands: String,
+    dlq: String,
+    prefix: String,
+}
+
+fn start_bridge(t: &Topics, http_port: u16) -> anyhow::Result<Child> {
+    let bin = std::env::current_exe()?.with_file_name("mqtt-bridge");
+    if !bin.exists() {
+        bail!(
+            "{} not built: cargo build --release -p fleet-mqtt-bridge",
+            bin.display()
+        );
+    }
+    let creds = testkit::credentials();
+    Command::new(&bin)
+        .env("FLEET_KAFKA_BROKERS", testkit::brokers())
+        .env("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url())
+        .env("FLEET_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("FLEET_MQTT_BRIDGE_USER", &creds["FLEET_MQTT_BRIDGE_USER"])
+        .env(
+            "FLEET_MQTT_BRIDGE_PASSWORD",
+            &creds["FLEET_MQTT_BRIDGE_PASSWORD"],
+        )
+        .env("FLEET__APP__CLIENT_ID", testkit::random_name("load-bridge"))
+        .env("FLEET__APP__TOPIC_PREFIX", &t.prefix)
+        .env("FLEET__APP__TELEMETRY_TOPIC", &t.telemetry)
+        .env("FLEET__APP__EMERGENCIES_TOPIC", &t.emergencies)
+        .env("FLEET__APP__DELIVERIES_TOPIC", &t.deliveries)
+        .env("FLEET__APP__COMMANDS_TOPIC", &t.commands)
+        .env("FLEET__RUNNER__DLQ_TOPIC", &t.dlq)
+        .env("FLEET__KAFKA__CREATE_TOPICS", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// What the Kafka reader saw.
+#[derive(Default)]
+struct Seen {
+    seqs: Vec<bool>,
+    distinct: usize,
+    total: usize,
+    to_kafka: Vec<u64>,
+    to_bridge: Vec<u64>,
+}
+
+impl Seen {
+    fn mark(&mut self, seq: usize) {
+        if seq >= self.seqs.len() {
+            self.seqs.resize(seq + 1, false);
+        }
+        if !self.seqs[seq] {
+            self.seqs[seq] = true;
+            self.distinct += 1;
+        }
+    }
+}
+
+/// Reads `topic` from the start in a thread; records latency for sequence numbers below
+/// `measure_below` (the fixed-rate phase).
+fn reader(
+    topic: &str,
+    seen: Arc<Mutex<Seen>>,
+    measure_below: usize,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", testkit::brokers())
+        .set("group.id", testkit::random_name("load-mqtt-read"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    c.subscribe(&[topic])?;
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let now = fleet_runtime::metrics::now_ms();
+            let Some(body) = m.payload().and_then(|p| p.get(5..)) else {
+                continue;
+            };
+            let Ok(r) = fleet_schemas::read_datum::<TelemetryReading>(body) else {
+                continue;
+            };
+            let seq = r.odometer_km.unwrap_or(-1.0);
+            if seq < 0.0 {
+                continue;
+            }
+            let seq = seq as usize;
+            if let Ok(mut s) = seen.lock() {
+                s.total += 1;
+                s.mark(seq);
+                if seq < measure_below
+                    && let Some(sent) = r.sent_time
+                {
+                    s.to_kafka.push((now - sent).max(0) as u64);
+                    s.to_bridge.push((r.ingest_time - sent).max(0) as u64);
+                }
+            }
+        }
+    }))
+}
+
+struct Publisher {
+    client: AsyncClient,
+    acked: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn publisher(i: usize) -> anyhow::Result<Publisher> {
+    let creds = testkit::credentials();
+    let port = std::env::var("FLEET_MQTT_URL")
+        .ok()
+        .and_then(|u| u.rsplit(':').next().and_then(|p| p.parse().ok()))
+        .unwrap_or(1883);
+    let mut o = MqttOptions::new(
+        testkit::random_name(&format!("load-pub{i}")),
+        "127.0.0.1",
+        port,
+    );
+    o.set_credentials(
+        &creds["FLEET_MQTT_SIMULATOR_USER"],
+        &creds["FLEET_MQTT_SIMULATOR_PASSWORD"],
+    )
+    .set_keep_alive(Duration::from_secs(30))
+    .set_inflight(1000);
+    let (client, mut el) = AsyncClient::new(o, 20_000);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let (a, connected) = (acked.clone(), Arc::new(AtomicBool::new(false)));
+    let c2 = connected.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    a.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => c2.store(true, Ordering::Relaxed),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("publisher {i}: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    for _ in 0..100 {
+        if connected.load(Ordering::Relaxed) {
+            return Ok(Publisher {
+                client,
+                acked,
+                task,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the simulator could not connect to MQTT on port {port} (is the stack up?)")
+}
+
+fn payload(prefix: &str, seq: usize, vehicles: usize, sent_ms: i64) -> (String, String) {
+    let v = seq % vehicles;
+    let vehicle = format!("VEH-{v:05}");
+    let topic = format!("{prefix}/{vehicle}/telemetry");
+    let lat = 4.6 + (v % 500) as f64 * 1e-3;
+    let lon = -74.08 + (seq / vehicles) as f64 * 1e-5;
+    let body = format!(
+        r#"{{"vehicleId":"{vehicle}","timestamp":{sent_ms},"sentAt":{sent_ms},"location":{{"lat":{lat:.6},"lon":{lon:.6}}},"speed":{:.1},"heading":{},"cargo_temperature":{:.1},"odometer":{seq},"ignition":true}}"#,
+        (seq % 110) as f64,
+        seq % 360,
+        3.5 + (seq % 10) as f64 * 0.1
+    );
+    (topic, body)
+}
+
+/// Publishes sequence numbers `from..to` over `pubs`, paced at `rate` per second (0: as fast
+/// as possible), each stamped with its intended send time.
+async fn publish_range(
+    pubs: &[Publisher],
+    prefix: &str,
+    from: usize,
+    to: usize,
+    vehicles: usize,
+    rate: usize,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let start_ms = fleet_runtime::metrics::now_ms();
+    let mut handles = Vec::new();
+    for (k, p) in pubs.iter().enumerate() {
+        let client = p.client.clone();
+        let prefix = prefix.to_owned();
+        let n = pubs.len();
+        handles.push(tokio::spawn(async move {
+            let mut seq = from + k;
+            while seq < to {
+                let offset_s = if rate > 0 {
+                    (seq - from) as f64 / rate as f64
+                } else {
+                    0.0
+                };
+                if rate > 0 {
+                    let due = start + Duration::from_secs_f64(offset_s);
+                    let now = Instant::now();
+                    if due > now {
+                        tokio::time::sleep(due - now).await;
+                    }
+                }
+                let intended = if rate > 0 {
+                    start_ms + (offset_s * 1000.0) as i64
+                } else {
+                    fleet_runtime::metrics::now_ms()
+                };
+                let (topic, body) = payload(&prefix, seq, vehicles, intended);
+                if client
+                    .publish(topic, QoS::AtLeastOnce, false, body)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                seq += n;
+            }
+        }));
+    }
+    for h in handles {
+        h.await?;
+    }
+    let want: usize = to;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pubs
+        .iter()
+        .map(|p| p.acked.load(Ordering::Relaxed))
+        .sum::<usize>()
+        < want
+    {
+        if Instant::now() > deadline {
+            bail!("the broker did not acknowledge every publish within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((to - from) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn bucket_quantiles(port: u16) -> BucketQuantiles {
+    let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return BucketQuantiles::default();
+    };
+    let body = resp.text().await.unwrap_or_default();
+    let mut buckets: Vec<(f64, u64)> = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("fleet_stage_latency_seconds_bucket") && l.contains("mqtt_to_kafka_ack")
+        })
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let n = l.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
+            Some((le, n))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last().map_or(0, |b| b.1);
+    let q = |f: f64| {
+        let want = (count as f64 * f).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= want)
+            .map_or(f64::NAN, |(le, _)| le * 1000.0)
+    };
+    BucketQuantiles {
+        p50_le: q(0.5),
+        p99_le: q(0.99),
+        count,
+    }
+}
+
+pub(crate) async fn run(
+    rate: usize,
+    duration: u64,
+    vehicles: usize,
+    connections: usize,
+    burst: usize,
+) -> anyhow::Result<MqttReport> {
+    let run_id = testkit::random_name("bench").replace('.', "");
+    let t = Topics {
+        telemetry: testkit::random_name("load.mqtt.tel"),
+        emergencies: testkit::random_name("load.mqtt.emg"),
+        deliveries: testkit::random_name("load.mqtt.dlv"),
+        commands: testkit::random_name("load.mqtt.cmd"),
+        dlq: testkit::random_name("load.mqtt.dlq"),
+        prefix: format!("test/{run_id}"),
+    };
+    testkit::create_topic(&t.telemetry, 12).await;
+    for topic in [&t.emergencies, &t.deliveries, &t.commands, &t.dlq] {
+        testkit::create_topic(topic, 3).await;
+    }
+    let http_port = free_port();
+    let mut bridge = start_bridge(&t, http_port)?;
+    let ready = async {
+        for _ in 0..300 {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http_port}/health/ready")).await
+                && r.status().is_success()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    if !ready.await {
+        let _ = bridge.kill();
+        bail!("mqtt-bridge did not become ready");
+    }
+    let fixed = rate * duration as usize;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = reader(&t.telemetry, seen.clone(), fixed, stop.clone())?;
+    let mut pubs = Vec::with_capacity(connections);
+    for i in 0..connections.max(1) {
+        pubs.push(publisher(i).await?);
+    }
+
+    eprintln!(
+        "fixed rate: {rate}/s for {duration} s from {vehicles} vehicles over {connections} MQTT connections"
+    );
+    let probe = CpuProbe::start(bridge.id());
+    let publish_rate = publish_range(&pubs, &t.prefix, 0, fixed, vehicles, rate).await?;
+    let wait_all = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seen.lock().map(|s| s.distinct).unwrap_or(0) < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_all(fixed).await;
+    let cpu_fixed = probe.finish();
+    let bridge_hist = bucket_quantiles(http_port).await;
+    eprintln!("fixed-rate phase done at {publish_rate:.0} msg/s; burst of {burst}");
+
+    let probe = CpuProbe::start(bridge.id());
+    let burst_rate = publish_range(&pubs, &t.prefix, fixed, fixed + burst, vehicles, 0).await?;
+    wait_all(fixed + burst).await;
+    let cpu_burst = probe.finish();
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(bridge.id().to_string())
+        .status();
+    let _ = bridge.wait();
+
+    let s = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let sent = fixed + burst;
+    let acked = pubs.iter().map(|p| p.acked.load(Ordering::Relaxed)).sum();
+    // Burst throughput end to end: from the first publish of the burst until its last record
+    // was read from Kafka.
+    let burst_kafka_rate = burst as f64 / cpu_burst.wall_s.max(1e-6);
+    let report = MqttReport {
+        rate_target: rate,
+        duration_s: duration,
+        vehicles,
+        connections,
+        sent,
+        acked_by_broker: acked,
+        in_kafka: s.distinct,
+        lost: sent.saturating_sub(s.distinct),
+        duplicates: s.total.saturating_sub(s.distinct),
+        achieved_publish_rate: publish_rate,
+        device_to_kafka_ms: percentiles(s.to_kafka.clone()),
+        device_to_bridge_ms: percentiles(s.to_bridge.clone()),
+        bridge_receive_to_kafka_ack_ms: bridge_hist,
+        cpu_fixed_rate: cpu_fixed,
+        burst_messages: burst,
+        burst_publish_rate: burst_rate,
+        burst_kafka_rate,
+        cpu_burst,
+    };
+    Ok(report)
+}
