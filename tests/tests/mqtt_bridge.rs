@@ -78,6 +78,11 @@ impl Run {
             ("FLEET__APP__COMMANDS_TOPIC", self.commands.clone()),
             ("FLEET__RUNNER__DLQ_TOPIC", self.dlq.clone()),
             ("FLEET__KAFKA__CREATE_TOPICS", "false".into()),
+            // The downlink's consumer group: one per test run.
+            (
+                "FLEET__KAFKA__GROUP_ID",
+                format!("{}-downlink", self.commands),
+            ),
         ];
         env.extend(fleet_e2e::fast_rejoin());
         env

@@ -51,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
         config.runner.drain_timeout,
         token.clone(),
     ));
+    // Ready = the MQTT connections are up; the downlink may legitimately own no partition
+    // (more instances than partitions of fleet.commands).
+    runtime.metrics.health.consumer_optional();
     let down = if app.downlink {
         let (dclient, devents) = mqtt::start(app, &app.settings(true)?, mqtt_stop.clone())?;
         let downlink = Downlink::new(
@@ -67,7 +70,6 @@ async fn main() -> anyhow::Result<()> {
             rt.run(downlink, &[topic.as_str()], t).await
         }))
     } else {
-        runtime.metrics.health.consumer_optional();
         None
     };
     tracing::info!(url = %app.mqtt_url, protocol = %app.protocol, downlink = app.downlink, "bridge running");

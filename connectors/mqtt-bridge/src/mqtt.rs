@@ -118,6 +118,26 @@ impl Client {
         }
     }
 
+    /// Queues the acknowledgement of `msg` without waiting: `Ok(false)` when the client's
+    /// request queue is full (try again later; the event loop may itself be waiting for us).
+    pub fn try_ack(&self, msg: &Message) -> Result<bool> {
+        match (self, msg) {
+            (Client::V311(c), Message::V311(p)) => match c.try_ack(p) {
+                Ok(()) => Ok(true),
+                Err(rumqttc::ClientError::TryRequest(_)) => Ok(false),
+                Err(e) => Err(client_err(e)),
+            },
+            (Client::V5(c), Message::V5(p)) => match c.try_ack(p) {
+                Ok(()) => Ok(true),
+                Err(rumqttc::v5::ClientError::TryRequest(_)) => Ok(false),
+                Err(e) => Err(client_err(e)),
+            },
+            _ => Err(Error::Mqtt(
+                "message and client speak different protocols".into(),
+            )),
+        }
+    }
+
     /// Subscribes to `filters` with QoS 1.
     pub async fn subscribe(&self, filters: &[String]) -> Result<()> {
         match self {

@@ -15,6 +15,7 @@ use futures::FutureExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::message::Message as _;
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -165,17 +166,22 @@ impl Uplink {
         shutdown: CancellationToken,
     ) -> Result<UplinkSummary> {
         let mut pending: VecDeque<Pending> = VecDeque::with_capacity(max_pending);
+        // Acknowledgements the client's request queue could not take yet, in order. The uplink
+        // never waits on that queue: the MQTT event loop may be waiting on us at that moment.
+        let mut acks: VecDeque<Message> = VecDeque::new();
         let mut summary = UplinkSummary::default();
         self.metrics.health.set_dependency("mqtt", false);
+        let mut report = tokio::time::interval(Duration::from_secs(5));
         loop {
+            flush_acks(&client, &mut acks)?;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 res = poll_fn(|cx| pending.front_mut().map_or(std::task::Poll::Pending, |p| p.fut.poll_unpin(cx))), if !pending.is_empty() => {
-                    self.settle_head(&client, &mut pending, res, &mut summary).await?;
+                    self.settle_head(&mut pending, &mut acks, res, &mut summary).await?;
                     // Everything behind it that is already acknowledged goes too, in order.
                     while let Some(res) = pending.front_mut().and_then(|p| (&mut p.fut).now_or_never()) {
-                        self.settle_head(&client, &mut pending, res, &mut summary).await?;
+                        self.settle_head(&mut pending, &mut acks, res, &mut summary).await?;
                     }
                 }
                 ev = events.recv(), if pending.len() < max_pending => match ev {
@@ -186,7 +192,13 @@ impl Uplink {
                     }
                     Some(MqttEvent::Connected { session_present }) => {
                         tracing::info!(session_present, filters = ?self.filters, "MQTT connected; subscribing");
-                        client.subscribe(&self.filters).await?;
+                        // Not awaited here: the request queue may be full of acknowledgements.
+                        let (c, f) = (client.clone(), self.filters.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = c.subscribe(&f).await {
+                                tracing::error!(error = %e, "subscribing failed");
+                            }
+                        });
                         self.metrics.health.set_dependency("mqtt", true);
                     }
                     Some(MqttEvent::SubscribeRefused(codes)) => {
@@ -199,13 +211,17 @@ impl Uplink {
                     }
                     Some(MqttEvent::PubAck) => {}
                 },
+                _ = tokio::time::sleep(Duration::from_millis(2)), if !acks.is_empty() => {}
+                _ = report.tick() => {
+                    tracing::debug!(pending = pending.len(), acks_queued = acks.len(), events_queued = events.len(), forwarded = summary.forwarded, "uplink state");
+                }
             }
         }
         let deadline = tokio::time::Instant::now() + drain_timeout;
         while let Some(head) = pending.front_mut() {
             match tokio::time::timeout_at(deadline, &mut head.fut).await {
                 Ok(res) => {
-                    self.settle_head(&client, &mut pending, res, &mut summary)
+                    self.settle_head(&mut pending, &mut acks, res, &mut summary)
                         .await?
                 }
                 Err(_) => {
@@ -216,20 +232,24 @@ impl Uplink {
                     break;
                 }
             }
+            flush_acks(&client, &mut acks)?;
         }
+        while !acks.is_empty() && tokio::time::Instant::now() < deadline {
+            flush_acks(&client, &mut acks)?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Let the event loop put the last acknowledgements on the wire before disconnecting.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         client.disconnect().await;
         Ok(summary)
     }
 
-    /// The head's Kafka write finished: acknowledge it to the broker, or re-send it.
+    /// The head's Kafka write finished: queue its acknowledgement, or re-send it.
     async fn settle_head(
         &mut self,
-        client: &Client,
         pending: &mut VecDeque<Pending>,
-        res: Result<
-            rdkafka::producer::future_producer::OwnedDeliveryResult,
-            futures::channel::oneshot::Canceled,
-        >,
+        acks: &mut VecDeque<Message>,
+        res: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
         summary: &mut UplinkSummary,
     ) -> Result<()> {
         match res {
@@ -237,7 +257,7 @@ impl Uplink {
                 let Some(p) = pending.pop_front() else {
                     return Ok(());
                 };
-                client.ack(&p.msg).await?;
+                acks.push_back(p.msg);
                 self.ack_latency.observe(p.received.elapsed().as_secs_f64());
                 match p.ok {
                     Some(c) => {
@@ -395,6 +415,17 @@ impl Uplink {
             ingest_time: now,
         }
     }
+}
+
+/// Hands queued acknowledgements to the client, in order, as far as its queue takes them.
+fn flush_acks(client: &Client, acks: &mut VecDeque<Message>) -> Result<()> {
+    while let Some(m) = acks.front() {
+        if !client.try_ack(m)? {
+            break;
+        }
+        acks.pop_front();
+    }
+    Ok(())
 }
 
 fn encode<T: Record>(route: &Route<T>, record: &T, buf: &mut Vec<u8>) -> Result<()> {
