@@ -82,7 +82,7 @@ fleet_runtime::config_section! {
         #[serde(with = "humantime_serde")]
         pub session_expiry: Duration = Duration::from_secs(7 * 24 * 3600),
         /// Unacknowledged messages the broker may have in flight to the bridge (MQTT 5 receive maximum).
-        pub receive_maximum: u16 = 1000,
+        pub receive_maximum: u16 = 10_000,
         /// MQTT keep-alive.
         #[serde(with = "humantime_serde")]
         pub keep_alive: Duration = Duration::from_secs(30),

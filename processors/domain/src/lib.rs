@@ -19,6 +19,7 @@
 
 mod aggregate;
 pub mod geo;
+pub mod incident;
 mod keyed;
 mod watermark;
 mod window;

@@ -160,6 +160,33 @@ pub struct WindowRow {
     pub event_id: String,
 }
 
+/// An incident recorded by the emergency fast lane (one per emergency `event_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// The emergency's `event_id` (the de-duplication key).
+    pub incident_id: String,
+    /// Vehicle id.
+    pub vehicle_id: String,
+    /// What happened (`PANIC_BUTTON`, `CRASH`, `CRITICAL_ANOMALY`, `OTHER`).
+    pub kind: String,
+    /// Severity after the policy (`MEDIUM`, `HIGH`, `CRITICAL`, ...).
+    pub severity: String,
+    /// `open` (closing is an operator action).
+    pub status: String,
+    /// When it happened (ms).
+    pub event_time: i64,
+    /// When the fast lane recorded it (ms).
+    pub recorded_at: i64,
+    /// Latitude, if known.
+    pub lat: Option<f64>,
+    /// Longitude, if known.
+    pub lon: Option<f64>,
+    /// Free text.
+    pub description: Option<String>,
+    /// When its notifications were acknowledged by Kafka (ms); `None` until then.
+    pub notified_at: Option<i64>,
+}
+
 /// Day number (days since the epoch) of a window start: the partition of `vehicle_windows`.
 pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
@@ -216,6 +243,27 @@ pub trait StateStore: Send + Sync {
         to_ms: i64,
         now_ms: i64,
     ) -> impl Future<Output = Result<Vec<WindowRow>>> + Send;
+
+    /// Records `incident` unless one with its id exists; returns the stored one if it did
+    /// (the first write wins: a replayed emergency never overwrites its incident). Safe with
+    /// one writer per vehicle, which Kafka partition ownership gives.
+    fn record_incident(
+        &self,
+        incident: &Incident,
+    ) -> impl Future<Output = Result<Option<Incident>>> + Send;
+
+    /// Sets `notified_at` on the incidents `ids`.
+    fn mark_notified(&self, ids: &[String], at_ms: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// One incident by id.
+    fn incident(&self, incident_id: &str) -> impl Future<Output = Result<Option<Incident>>> + Send;
+
+    /// Incidents of `vehicle_id`, newest first, at most `limit`.
+    fn incidents_for_vehicle(
+        &self,
+        vehicle_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Incident>>> + Send;
 }
 
 /// A store chosen by URL.
@@ -303,6 +351,34 @@ impl StateStore for Store {
         match self {
             Store::Sqlite(s) => s.windows(vehicle_id, from_ms, to_ms, now_ms).await,
             Store::Scylla(s) => s.windows(vehicle_id, from_ms, to_ms, now_ms).await,
+        }
+    }
+
+    async fn record_incident(&self, incident: &Incident) -> Result<Option<Incident>> {
+        match self {
+            Store::Sqlite(s) => s.record_incident(incident).await,
+            Store::Scylla(s) => s.record_incident(incident).await,
+        }
+    }
+
+    async fn mark_notified(&self, ids: &[String], at_ms: i64) -> Result<()> {
+        match self {
+            Store::Sqlite(s) => s.mark_notified(ids, at_ms).await,
+            Store::Scylla(s) => s.mark_notified(ids, at_ms).await,
+        }
+    }
+
+    async fn incident(&self, incident_id: &str) -> Result<Option<Incident>> {
+        match self {
+            Store::Sqlite(s) => s.incident(incident_id).await,
+            Store::Scylla(s) => s.incident(incident_id).await,
+        }
+    }
+
+    async fn incidents_for_vehicle(&self, vehicle_id: &str, limit: usize) -> Result<Vec<Incident>> {
+        match self {
+            Store::Sqlite(s) => s.incidents_for_vehicle(vehicle_id, limit).await,
+            Store::Scylla(s) => s.incidents_for_vehicle(vehicle_id, limit).await,
         }
     }
 }

@@ -23,7 +23,7 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::{Error, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of};
+use crate::{Error, Incident, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of};
 
 /// What the server's CQL dialect supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,39 @@ const STATE_COLUMNS: &str = "vehicle_id, event_time, lat, lon, speed_kmh, headin
 const WINDOW_COLUMNS: &str = "vehicle_id, day, window_start, window_end, count, speed_avg_kmh, \
     speed_max_kmh, cargo_temp_min_c, cargo_temp_avg_c, cargo_temp_max_c, distance_m, moving_s, \
     idle_s, event_id, expires_at";
+
+const INCIDENT_COLUMNS: &str = "incident_id, vehicle_id, kind, severity, status, event_time, \
+    recorded_at, lat, lon, description, notified_at";
+
+type IncidentRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<String>,
+    Option<i64>,
+);
+
+fn incident_of(r: IncidentRow) -> Incident {
+    Incident {
+        incident_id: r.0,
+        vehicle_id: r.1,
+        kind: r.2,
+        severity: r.3,
+        status: r.4,
+        event_time: r.5,
+        recorded_at: r.6,
+        lat: r.7,
+        lon: r.8,
+        description: r.9,
+        notified_at: r.10,
+    }
+}
 
 type StateRow = (
     String,
@@ -88,6 +121,11 @@ pub struct ScyllaStore {
     insert_window: PreparedStatement,
     select_frontier: PreparedStatement,
     insert_frontier: PreparedStatement,
+    insert_incident: PreparedStatement,
+    select_incident: PreparedStatement,
+    notify_incident: PreparedStatement,
+    insert_incident_by_vehicle: PreparedStatement,
+    select_incidents_by_vehicle: PreparedStatement,
 }
 
 struct Target {
@@ -173,10 +211,22 @@ impl ScyllaStore {
                  WITH CLUSTERING ORDER BY (window_start ASC)"
             ),
         ];
-        let ddl = ddl.into_iter().chain([format!(
-            "CREATE TABLE IF NOT EXISTS {ks}.frontiers (grp text, topic text, partition int, \
-             watermark bigint, PRIMARY KEY ((grp, topic, partition)))"
-        )]);
+        let ddl = ddl.into_iter().chain([
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.frontiers (grp text, topic text, partition int, \
+                 watermark bigint, PRIMARY KEY ((grp, topic, partition)))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.incidents (incident_id text PRIMARY KEY, \
+                 vehicle_id text, kind text, severity text, status text, event_time bigint, \
+                 recorded_at bigint, lat double, lon double, description text, notified_at bigint)"
+            ),
+            // The by-vehicle lookup: one partition per vehicle, newest first read client-side.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.incidents_by_vehicle (vehicle_id text, \
+                 event_time bigint, incident_id text, PRIMARY KEY (vehicle_id, event_time, incident_id))"
+            ),
+        ]);
         for q in ddl {
             session.query_unpaged(q, ()).await.map_err(be)?;
         }
@@ -234,6 +284,39 @@ impl ScyllaStore {
             ))
             .await
             .map_err(be)?;
+        let insert_incident = session
+            .prepare(format!(
+                "INSERT INTO {ks}.incidents ({INCIDENT_COLUMNS}) VALUES ({})",
+                marks(11)
+            ))
+            .await
+            .map_err(be)?;
+        let select_incident = session
+            .prepare(format!(
+                "SELECT {INCIDENT_COLUMNS} FROM {ks}.incidents WHERE incident_id = ?"
+            ))
+            .await
+            .map_err(be)?;
+        // An INSERT of a column subset is an upsert that leaves the other columns alone.
+        let notify_incident = session
+            .prepare(format!(
+                "INSERT INTO {ks}.incidents (incident_id, notified_at) VALUES (?, ?)"
+            ))
+            .await
+            .map_err(be)?;
+        let insert_incident_by_vehicle = session
+            .prepare(format!(
+                "INSERT INTO {ks}.incidents_by_vehicle (vehicle_id, event_time, incident_id) \
+                 VALUES (?, ?, ?)"
+            ))
+            .await
+            .map_err(be)?;
+        let select_incidents_by_vehicle = session
+            .prepare(format!(
+                "SELECT event_time, incident_id FROM {ks}.incidents_by_vehicle WHERE vehicle_id = ?"
+            ))
+            .await
+            .map_err(be)?;
         Ok(Self {
             session: Arc::new(session),
             keyspace: t.keyspace,
@@ -244,6 +327,11 @@ impl ScyllaStore {
             insert_window,
             select_frontier,
             insert_frontier,
+            insert_incident,
+            select_incident,
+            notify_incident,
+            insert_incident_by_vehicle,
+            select_incidents_by_vehicle,
         })
     }
 
@@ -458,6 +546,82 @@ impl StateStore for ScyllaStore {
         }
         out.sort_by_key(|w| w.window_start);
         Ok(out)
+    }
+
+    async fn record_incident(&self, incident: &Incident) -> Result<Option<Incident>> {
+        // Read-then-write (no LWT: the in-process test server lacks it); one writer per
+        // vehicle at a time (its Kafka partition's owner) makes this safe.
+        if let Some(existing) = self.incident(&incident.incident_id).await? {
+            return Ok(Some(existing));
+        }
+        let i = incident.clone();
+        let row: IncidentRow = (
+            i.incident_id.clone(),
+            i.vehicle_id.clone(),
+            i.kind,
+            i.severity,
+            i.status,
+            i.event_time,
+            i.recorded_at,
+            i.lat,
+            i.lon,
+            i.description,
+            i.notified_at,
+        );
+        self.session
+            .execute_unpaged(&self.insert_incident, row)
+            .await
+            .map_err(be)?;
+        self.session
+            .execute_unpaged(
+                &self.insert_incident_by_vehicle,
+                (i.vehicle_id, i.event_time, i.incident_id),
+            )
+            .await
+            .map_err(be)?;
+        Ok(None)
+    }
+
+    async fn mark_notified(&self, ids: &[String], at_ms: i64) -> Result<()> {
+        let writes = ids.iter().map(|id| async move {
+            self.session
+                .execute_unpaged(&self.notify_incident, (id.as_str(), at_ms))
+                .await
+                .map_err(be)
+        });
+        try_join_all(writes).await?;
+        Ok(())
+    }
+
+    async fn incident(&self, incident_id: &str) -> Result<Option<Incident>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select_incident, (incident_id,))
+            .await
+            .map_err(be)?
+            .into_rows_result()
+            .map_err(be)?;
+        let row: Option<IncidentRow> = result.maybe_first_row().map_err(be)?;
+        Ok(row.map(incident_of))
+    }
+
+    async fn incidents_for_vehicle(&self, vehicle_id: &str, limit: usize) -> Result<Vec<Incident>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select_incidents_by_vehicle, (vehicle_id,))
+            .await
+            .map_err(be)?
+            .into_rows_result()
+            .map_err(be)?;
+        let mut keys: Vec<(i64, String)> = result
+            .rows::<(i64, String)>()
+            .map_err(be)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(be)?;
+        keys.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        keys.truncate(limit);
+        let reads = keys.iter().map(|(_, id)| self.incident(id));
+        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
     }
 }
 

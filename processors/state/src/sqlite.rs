@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Error, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of};
+use crate::{Error, Incident, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS vehicle_state (
@@ -47,6 +47,20 @@ CREATE TABLE IF NOT EXISTS frontiers (
     watermark INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, partition)
 );
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id TEXT PRIMARY KEY,
+    vehicle_id  TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    event_time  INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    lat         REAL,
+    lon         REAL,
+    description TEXT,
+    notified_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS incidents_by_vehicle ON incidents(vehicle_id, event_time);
 CREATE INDEX IF NOT EXISTS vehicle_state_expiry ON vehicle_state(expires_at);
 CREATE INDEX IF NOT EXISTS vehicle_windows_expiry ON vehicle_windows(expires_at);
 ";
@@ -123,6 +137,25 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+const INCIDENT_COLUMNS: &str = "incident_id, vehicle_id, kind, severity, status, event_time, \
+    recorded_at, lat, lon, description, notified_at";
+
+fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
+    Ok(Incident {
+        incident_id: r.get(0)?,
+        vehicle_id: r.get(1)?,
+        kind: r.get(2)?,
+        severity: r.get(3)?,
+        status: r.get(4)?,
+        event_time: r.get(5)?,
+        recorded_at: r.get(6)?,
+        lat: r.get(7)?,
+        lon: r.get(8)?,
+        description: r.get(9)?,
+        notified_at: r.get(10)?,
+    })
 }
 
 impl StateStore for SqliteStore {
@@ -315,6 +348,93 @@ impl StateStore for SqliteStore {
                         })
                     },
                 )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn record_incident(&self, incident: &Incident) -> Result<Option<Incident>> {
+        let i = incident.clone();
+        self.with(move |inner| {
+            let tx = inner.conn.transaction()?;
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE incident_id = ?1"),
+                    [&i.incident_id],
+                    incident_row,
+                )
+                .optional()?;
+            if existing.is_none() {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO incidents ({INCIDENT_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ),
+                    params![
+                        i.incident_id,
+                        i.vehicle_id,
+                        i.kind,
+                        i.severity,
+                        i.status,
+                        i.event_time,
+                        i.recorded_at,
+                        i.lat,
+                        i.lon,
+                        i.description,
+                        i.notified_at
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(existing)
+        })
+        .await
+    }
+
+    async fn mark_notified(&self, ids: &[String], at_ms: i64) -> Result<()> {
+        let ids = ids.to_vec();
+        self.with(move |inner| {
+            let tx = inner.conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE incidents SET notified_at = ?2 WHERE incident_id = ?1",
+                )?;
+                for id in &ids {
+                    stmt.execute(params![id, at_ms])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn incident(&self, incident_id: &str) -> Result<Option<Incident>> {
+        let id = incident_id.to_owned();
+        self.with(move |inner| {
+            Ok(inner
+                .conn
+                .query_row(
+                    &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE incident_id = ?1"),
+                    [&id],
+                    incident_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn incidents_for_vehicle(&self, vehicle_id: &str, limit: usize) -> Result<Vec<Incident>> {
+        let id = vehicle_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |inner| {
+            let mut stmt = inner.conn.prepare_cached(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE vehicle_id = ?1 \
+                 ORDER BY event_time DESC, incident_id LIMIT ?2"
+            ))?;
+            let rows = stmt
+                .query_map(params![id, limit], incident_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fleet_state::{StateStore, Store, StoreOptions, VehicleState, WindowRow};
+use fleet_state::{Incident, StateStore, Store, StoreOptions, VehicleState, WindowRow};
 
 fn state(id: &str, t: i64, lat: f64) -> VehicleState {
     VehicleState {
@@ -224,7 +224,87 @@ async fn frontiers_only_move_forward(store: &impl StateStore) {
     );
 }
 
+fn incident(id: &str, vehicle: &str, t: i64) -> Incident {
+    Incident {
+        incident_id: id.to_owned(),
+        vehicle_id: vehicle.to_owned(),
+        kind: "PANIC_BUTTON".into(),
+        severity: "CRITICAL".into(),
+        status: "open".into(),
+        event_time: t,
+        recorded_at: t + 5,
+        lat: Some(4.6),
+        lon: None,
+        description: Some("driver pressed panic".into()),
+        notified_at: None,
+    }
+}
+
+async fn incidents_are_recorded_once_and_listed_per_vehicle(store: &impl StateStore) {
+    let v = format!("VEH-I-{}", std::process::id());
+    let first = incident(&format!("{v}-a"), &v, 1_000);
+    assert_eq!(store.record_incident(&first).await.unwrap(), None, "new");
+    // A replay with different details does not overwrite the first record.
+    let mut replay = first.clone();
+    replay.severity = "LOW".into();
+    replay.recorded_at = 9_999;
+    assert_eq!(
+        store.record_incident(&replay).await.unwrap(),
+        Some(first.clone()),
+        "duplicate detected, stored incident returned"
+    );
+    assert_eq!(
+        store.incident(&first.incident_id).await.unwrap(),
+        Some(first.clone())
+    );
+    store
+        .record_incident(&incident(&format!("{v}-b"), &v, 3_000))
+        .await
+        .unwrap();
+    store
+        .record_incident(&incident(&format!("{v}-c"), &v, 2_000))
+        .await
+        .unwrap();
+    store
+        .record_incident(&incident("other", "VEH-OTHER", 5_000))
+        .await
+        .unwrap();
+    let listed: Vec<String> = store
+        .incidents_for_vehicle(&v, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.incident_id)
+        .collect();
+    assert_eq!(
+        listed,
+        [format!("{v}-b"), format!("{v}-c"), format!("{v}-a")],
+        "newest first"
+    );
+    assert_eq!(store.incidents_for_vehicle(&v, 2).await.unwrap().len(), 2);
+    assert!(
+        store
+            .incidents_for_vehicle("VEH-NONE", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .mark_notified(std::slice::from_ref(&first.incident_id), 7_777)
+        .await
+        .unwrap();
+    let got = store.incident(&first.incident_id).await.unwrap().unwrap();
+    assert_eq!(got.notified_at, Some(7_777));
+    assert_eq!(
+        got.description, first.description,
+        "other columns untouched"
+    );
+    assert_eq!(got.severity, "CRITICAL");
+    assert_eq!(store.incident("missing").await.unwrap(), None);
+}
+
 async fn suite(store: &impl StateStore, ttl: Duration) {
+    incidents_are_recorded_once_and_listed_per_vehicle(store).await;
     frontiers_only_move_forward(store).await;
     newest_event_wins(store).await;
     windows_are_idempotent_and_range_queried(store).await;

@@ -489,6 +489,25 @@ mod tests {
         async fn windows(&self, v: &str, f: i64, t: i64, now: i64) -> StateResult<Vec<WindowRow>> {
             self.inner.windows(v, f, t, now).await
         }
+        async fn record_incident(
+            &self,
+            i: &fleet_state::Incident,
+        ) -> StateResult<Option<fleet_state::Incident>> {
+            self.inner.record_incident(i).await
+        }
+        async fn mark_notified(&self, ids: &[String], at: i64) -> StateResult<()> {
+            self.inner.mark_notified(ids, at).await
+        }
+        async fn incident(&self, id: &str) -> StateResult<Option<fleet_state::Incident>> {
+            self.inner.incident(id).await
+        }
+        async fn incidents_for_vehicle(
+            &self,
+            v: &str,
+            limit: usize,
+        ) -> StateResult<Vec<fleet_state::Incident>> {
+            self.inner.incidents_for_vehicle(v, limit).await
+        }
     }
 
     fn reading(vehicle: &str, t: i64) -> TelemetryReading {

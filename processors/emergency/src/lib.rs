@@ -1,0 +1,390 @@
+//! # emergency-processor: the fast lane
+//!
+//! ```text
+//! fleet.emergencies ─> record incident (state store, once per event_id)
+//!                   ─> severity policy (fleet_domain::incident)
+//!                   ─> fleet.notifications  (operations dashboard; owner; authorities)
+//!                   ─> fleet.commands       (start_camera, for high and critical)
+//! ```
+//!
+//! Inputs: [`EmergencyEvent`]s (from `mqtt-bridge`, and from the anomaly processor as
+//! `CRITICAL_ANOMALY`). Outputs: [`Notification`]s keyed by recipient, [`DeviceCommand`]s keyed
+//! by vehicle, and the `incidents` table (plus its by-vehicle lookup, which is how a vehicle is
+//! known to be in an open incident).
+//!
+//! ## Delivery guarantee
+//! At least once, de-duplicated by `event_id`. An emergency's incident is recorded before its
+//! outputs are produced; the offset is stored after the outputs are acknowledged, and then the
+//! incident is marked `notified`. A replay of an emergency whose incident is already marked
+//! notified (the bridge re-sent it, or the processor restarted after finishing it) produces
+//! nothing. A crash between recording and marking re-produces the same outputs, with the same
+//! deterministic `event_id`s (derived from the emergency id and the recipient), which the
+//! notifier uses as its idempotency key.
+//!
+//! ## Latency
+//! `main` uses the latency producer profile (linger 0) and a short consumer fetch wait
+//! (`fetch.wait.max.ms = 5` unless `kafka.options` says otherwise); the only other work on the
+//! path is one read and one write of the state store.
+//!
+//! Recipients are configured per deployment (`owner_recipient` may contain `{vehicle_id}`); per
+//! vehicle contacts from `fleet.vehicle-profiles` are not wired in yet.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_domain::incident::{Cause, Level, Policy, Response};
+use fleet_runtime::metrics::{Metrics, now_ms};
+use fleet_runtime::{Input, Outputs, ProcessError, Processor};
+use fleet_schemas::{
+    Channel, CommandKind, DeviceCommand, EmergencyEvent, EmergencyKind, Encoder, Notification,
+    Severity, ids,
+};
+use fleet_state::{Incident, StateStore};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+fleet_runtime::config_section! {
+    /// emergency-processor settings.
+    pub struct EmergencyConfig {
+        /// Topic of EmergencyEvent records.
+        pub input_topic: String = "fleet.emergencies".to_owned(),
+        /// Topic for Notification records.
+        pub notifications_topic: String = "fleet.notifications".to_owned(),
+        /// Topic for DeviceCommand records.
+        pub commands_topic: String = "fleet.commands".to_owned(),
+        /// State store URL: sqlite://path (embedded) or scylla://host:port/keyspace.
+        pub state_url: String = "sqlite://.fleet/state.db".to_owned(), env = "FLEET_STATE_URL",
+        /// Recipient of the owner's notification; `{vehicle_id}` is replaced.
+        pub owner_recipient: String = "owner:{vehicle_id}".to_owned(),
+        /// Recipient of the authorities' notification.
+        pub authorities_recipient: String = "authorities".to_owned(),
+        /// Recipient of the operations dashboard's notification (every incident).
+        pub operations_recipient: String = "operations".to_owned(),
+        /// Channel of owner and authority notifications: log, webhook, email or sms.
+        pub channel: String = "webhook".to_owned(),
+        /// From this level the owner is notified: info, low, medium, high, critical.
+        pub owner_from: String = "medium".to_owned(),
+        /// From this level the authorities are notified.
+        pub authorities_from: String = "high".to_owned(),
+        /// From this level the vehicle is told to start its camera.
+        pub camera_from: String = "high".to_owned(),
+        /// How long the camera records.
+        #[serde(with = "humantime_serde")]
+        pub camera_duration: Duration = Duration::from_secs(300),
+        /// A command not delivered within this time is dropped by the bridge.
+        #[serde(with = "humantime_serde")]
+        pub command_ttl: Duration = Duration::from_secs(600),
+    }
+    validate(c) {
+        for (k, v) in [("owner_from", &c.owner_from), ("authorities_from", &c.authorities_from), ("camera_from", &c.camera_from)] {
+            if level(v).is_none() {
+                return Err(fleet_runtime::Error::Config(format!("app.{k} {v:?}: use info, low, medium, high or critical")));
+            }
+        }
+        if channel(&c.channel).is_none() {
+            return Err(fleet_runtime::Error::Config(format!("app.channel {:?}: use log, webhook, email or sms", c.channel)));
+        }
+        Ok(())
+    }
+}
+
+fn level(s: &str) -> Option<Level> {
+    match s.to_ascii_lowercase().as_str() {
+        "info" => Some(Level::Info),
+        "low" => Some(Level::Low),
+        "medium" => Some(Level::Medium),
+        "high" => Some(Level::High),
+        "critical" => Some(Level::Critical),
+        _ => None,
+    }
+}
+
+fn channel(s: &str) -> Option<Channel> {
+    match s.to_ascii_lowercase().as_str() {
+        "log" => Some(Channel::Log),
+        "webhook" => Some(Channel::Webhook),
+        "email" => Some(Channel::Email),
+        "sms" => Some(Channel::Sms),
+        _ => None,
+    }
+}
+
+fn cause(k: EmergencyKind) -> Cause {
+    match k {
+        EmergencyKind::PanicButton => Cause::PanicButton,
+        EmergencyKind::Crash => Cause::Crash,
+        EmergencyKind::CriticalAnomaly => Cause::CriticalAnomaly,
+        EmergencyKind::Other => Cause::Other,
+    }
+}
+
+fn to_level(s: Severity) -> Level {
+    match s {
+        Severity::Info => Level::Info,
+        Severity::Low => Level::Low,
+        Severity::Medium => Level::Medium,
+        Severity::High => Level::High,
+        Severity::Critical => Level::Critical,
+    }
+}
+
+fn to_severity(l: Level) -> Severity {
+    match l {
+        Level::Info => Severity::Info,
+        Level::Low => Severity::Low,
+        Level::Medium => Severity::Medium,
+        Level::High => Severity::High,
+        Level::Critical => Severity::Critical,
+    }
+}
+
+fn kind_name(k: EmergencyKind) -> &'static str {
+    match k {
+        EmergencyKind::PanicButton => "PANIC_BUTTON",
+        EmergencyKind::Crash => "CRASH",
+        EmergencyKind::CriticalAnomaly => "CRITICAL_ANOMALY",
+        EmergencyKind::Other => "OTHER",
+    }
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "INFO",
+        Severity::Low => "LOW",
+        Severity::Medium => "MEDIUM",
+        Severity::High => "HIGH",
+        Severity::Critical => "CRITICAL",
+    }
+}
+
+/// The fast-lane processor.
+pub struct Emergency<S> {
+    policy: Policy,
+    cfg: EmergencyConfig,
+    channel: Channel,
+    store: S,
+    notifications: (Arc<str>, Encoder<Notification>),
+    commands: (Arc<str>, Encoder<DeviceCommand>),
+    /// Per input partition: (offset, incident id) whose outputs are not yet acknowledged.
+    unconfirmed: HashMap<(String, i32), VecDeque<(i64, String)>>,
+    duplicates: Counter,
+    to_incident: Histogram,
+}
+
+impl<S> std::fmt::Debug for Emergency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emergency")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StateStore> Emergency<S> {
+    /// Wires the processor.
+    pub fn new(
+        cfg: &EmergencyConfig,
+        store: S,
+        notifications: Encoder<Notification>,
+        commands: Encoder<DeviceCommand>,
+        metrics: &Metrics,
+    ) -> Self {
+        let policy = Policy {
+            owner_from: level(&cfg.owner_from).unwrap_or(Level::Medium),
+            authorities_from: level(&cfg.authorities_from).unwrap_or(Level::High),
+            camera_from: level(&cfg.camera_from).unwrap_or(Level::High),
+            ..Policy::default()
+        };
+        Self {
+            policy,
+            channel: channel(&cfg.channel).unwrap_or(Channel::Webhook),
+            cfg: cfg.clone(),
+            store,
+            notifications: (Arc::from(cfg.notifications_topic.as_str()), notifications),
+            commands: (Arc::from(cfg.commands_topic.as_str()), commands),
+            unconfirmed: HashMap::new(),
+            duplicates: metrics.records(&cfg.input_topic, "duplicate"),
+            to_incident: metrics.latency("ingest_to_incident"),
+        }
+    }
+
+    fn notification(
+        &self,
+        e: &EmergencyEvent,
+        response: &Response,
+        recipient: String,
+        channel: Channel,
+        now: i64,
+    ) -> Notification {
+        let kind = kind_name(e.kind);
+        let severity = to_severity(response.level);
+        let place = e
+            .position
+            .map(|p| format!(" at {:.5},{:.5}", p.lat, p.lon))
+            .unwrap_or_default();
+        let mut body = format!(
+            "Vehicle {} reported {kind} ({}){place} at {} ms since the epoch.",
+            e.vehicle_id,
+            severity_name(severity),
+            e.event_time
+        );
+        if let Some(d) = &e.description {
+            body.push(' ');
+            body.push_str(d);
+        }
+        if response.start_camera {
+            body.push_str(" The camera was asked to start recording.");
+        }
+        Notification {
+            event_id: ids::derived_id(&[&e.event_id, &recipient]),
+            recipient,
+            channel,
+            vehicle_id: e.vehicle_id.clone(),
+            severity,
+            subject: format!(
+                "{kind}: vehicle {} ({})",
+                e.vehicle_id,
+                severity_name(severity)
+            ),
+            body,
+            source_event_id: e.event_id.clone(),
+            source_kind: format!("emergency.{kind}"),
+            event_time: e.event_time,
+            ingest_time: now,
+            sent_time: e.sent_time,
+        }
+    }
+
+    /// Stages the outputs of one emergency: the dashboard first, then the people, then the
+    /// vehicle.
+    fn stage(
+        &self,
+        e: &EmergencyEvent,
+        response: &Response,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<(), ProcessError> {
+        let (ntopic, nenc) = &self.notifications;
+        let mut recipients = vec![(self.cfg.operations_recipient.clone(), Channel::Log)];
+        if response.owner {
+            recipients.push((
+                self.cfg
+                    .owner_recipient
+                    .replace("{vehicle_id}", &e.vehicle_id),
+                self.channel,
+            ));
+        }
+        if response.authorities {
+            recipients.push((self.cfg.authorities_recipient.clone(), self.channel));
+        }
+        for (recipient, channel) in recipients {
+            let n = self.notification(e, response, recipient, channel, now);
+            out.push(ntopic, nenc, &n)?;
+        }
+        if response.start_camera {
+            let (ctopic, cenc) = &self.commands;
+            let cmd = DeviceCommand {
+                event_id: ids::derived_id(&[&e.event_id, "start_camera"]),
+                vehicle_id: e.vehicle_id.clone(),
+                command: CommandKind::StartCamera,
+                params: BTreeMap::from([(
+                    "duration_s".to_owned(),
+                    self.cfg.camera_duration.as_secs().to_string(),
+                )]),
+                reason: format!("{} {}", kind_name(e.kind), e.event_id),
+                event_time: e.event_time,
+                ingest_time: now,
+                expires_at: Some(now + self.cfg.command_ttl.as_millis() as i64),
+            };
+            out.push(ctopic, cenc, &cmd)?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: StateStore> Processor for Emergency<S> {
+    type Input = EmergencyEvent;
+
+    async fn process(
+        &mut self,
+        input: &Input<'_, EmergencyEvent>,
+        out: &mut Outputs,
+    ) -> Result<(), ProcessError> {
+        let e = &input.record;
+        if e.vehicle_id.is_empty() {
+            return Err(ProcessError::poison(
+                "missing_vehicle_id",
+                "emergency without a vehicle id",
+            ));
+        }
+        let now = now_ms();
+        let response = self.policy.respond(cause(e.kind), to_level(e.severity));
+        let incident = Incident {
+            incident_id: e.event_id.clone(),
+            vehicle_id: e.vehicle_id.clone(),
+            kind: kind_name(e.kind).to_owned(),
+            severity: severity_name(to_severity(response.level)).to_owned(),
+            status: "open".to_owned(),
+            event_time: e.event_time,
+            recorded_at: now,
+            lat: e.position.map(|p| p.lat),
+            lon: e.position.map(|p| p.lon),
+            description: e.description.clone(),
+            notified_at: None,
+        };
+        let existing = self
+            .store
+            .record_incident(&incident)
+            .await
+            .map_err(|err| ProcessError::Transient(format!("recording incident: {err}")))?;
+        self.to_incident
+            .observe(((now - e.ingest_time).max(0) as f64) / 1000.0);
+        if existing.as_ref().is_some_and(|i| i.notified_at.is_some()) {
+            // Already handled and confirmed: a re-sent or replayed emergency.
+            self.duplicates.inc();
+            return Ok(());
+        }
+        if existing.is_none() {
+            tracing::info!(incident = %e.event_id, vehicle = %e.vehicle_id, kind = kind_name(e.kind), level = ?response.level, "incident recorded");
+        }
+        self.stage(e, &response, now, out)?;
+        self.unconfirmed
+            .entry((input.topic.to_owned(), input.partition))
+            .or_default()
+            .push_back((input.offset, e.event_id.clone()));
+        Ok(())
+    }
+
+    async fn on_durable(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<(), ProcessError> {
+        let Some(queue) = self.unconfirmed.get_mut(&(topic.to_owned(), partition)) else {
+            return Ok(());
+        };
+        let mut done = Vec::new();
+        while queue.front().is_some_and(|(o, _)| *o < next_offset) {
+            if let Some((_, id)) = queue.pop_front() {
+                done.push(id);
+            }
+        }
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .mark_notified(&done, now_ms())
+            .await
+            .map_err(|err| ProcessError::Transient(format!("marking incidents notified: {err}")))
+    }
+
+    fn on_revoke(&mut self, partitions: &[(String, i32)]) {
+        for p in partitions {
+            self.unconfirmed.remove(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

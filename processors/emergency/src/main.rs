@@ -1,0 +1,52 @@
+//! `emergency-processor`: see the library docs for the flow and the delivery guarantee.
+
+use anyhow::Context;
+use fleet_emergency::{Emergency, EmergencyConfig};
+use fleet_runtime::kafka::ProducerProfile;
+use fleet_runtime::{Runtime, shutdown};
+use fleet_state::{Store, StoreOptions};
+
+const NAME: &str = "emergency-processor";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Some(mut config) = fleet_runtime::config::from_command_line::<EmergencyConfig>(
+        NAME,
+        "The emergency fast lane: incidents, severity policy, notifications and camera commands.",
+    )
+    .context("configuration")?
+    else {
+        return Ok(());
+    };
+    // The fast lane polls the broker often; an explicit kafka.options value wins.
+    config
+        .kafka
+        .options
+        .entry("fetch.wait.max.ms".to_owned())
+        .or_insert_with(|| "5".to_owned());
+    let token = shutdown::install();
+    let runtime = Runtime::start(NAME, &config, ProducerProfile::Latency, token.clone())
+        .await
+        .context("starting the runtime")?;
+    let store = Store::open(&config.app.state_url, StoreOptions::default())
+        .await
+        .with_context(|| format!("opening the state store {}", config.app.state_url))?;
+    let notifications = runtime.encoder(&config.app.notifications_topic).await?;
+    let commands = runtime.encoder(&config.app.commands_topic).await?;
+    let processor = Emergency::new(
+        &config.app,
+        store,
+        notifications,
+        commands,
+        &runtime.metrics,
+    );
+    let summary = runtime
+        .run(processor, &[config.app.input_topic.as_str()], token)
+        .await?;
+    tracing::info!(
+        processed = summary.processed,
+        dead_lettered = summary.dead_lettered,
+        "stopped cleanly"
+    );
+    Ok(())
+}

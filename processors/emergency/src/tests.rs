@@ -1,0 +1,261 @@
+use fleet_schemas::{Decoder, Position};
+use fleet_state::{Store, StoreOptions};
+
+use super::*;
+
+const NOTIF_ID: u32 = 11;
+const CMD_ID: u32 = 12;
+
+fn emergency(id: &str, vehicle: &str, kind: EmergencyKind, severity: Severity) -> EmergencyEvent {
+    EmergencyEvent {
+        event_id: id.into(),
+        vehicle_id: vehicle.into(),
+        event_time: 1_000,
+        ingest_time: 1_010,
+        sent_time: Some(1_005),
+        kind,
+        severity,
+        position: Some(Position::new(4.6097, -74.0817)),
+        description: Some("driver pressed the button".into()),
+        source_anomaly_id: None,
+        source: "mqtt".into(),
+    }
+}
+
+async fn store(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite://{}/s.db", dir.path().display());
+    Store::open(&url, StoreOptions::default())
+        .await
+        .expect("store")
+}
+
+fn processor(store: Store) -> Emergency<Store> {
+    let cfg = EmergencyConfig {
+        notifications_topic: "notif".into(),
+        commands_topic: "cmd".into(),
+        ..Default::default()
+    };
+    Emergency::new(
+        &cfg,
+        store,
+        Encoder::with_schema_id(NOTIF_ID),
+        Encoder::with_schema_id(CMD_ID),
+        &Metrics::new("test"),
+    )
+}
+
+#[derive(Debug, Default)]
+struct Staged {
+    notifications: Vec<(String, Notification)>,
+    commands: Vec<(String, DeviceCommand)>,
+}
+
+async fn feed(p: &mut Emergency<Store>, offset: i64, e: EmergencyEvent) -> Staged {
+    let input = Input {
+        record: e,
+        topic: "in",
+        partition: 0,
+        offset,
+        key: None,
+        timestamp_ms: None,
+    };
+    let mut out = Outputs::new();
+    p.process(&input, &mut out).await.expect("processed");
+    let mut staged = Staged::default();
+    let nd = Decoder::<Notification>::offline(&[NOTIF_ID]);
+    let cd = Decoder::<DeviceCommand>::offline(&[CMD_ID]);
+    for (topic, key, payload) in out.iter() {
+        let key = String::from_utf8(key.to_vec()).expect("utf8 key");
+        match topic {
+            "notif" => staged
+                .notifications
+                .push((key, nd.decode(payload).await.expect("notification"))),
+            "cmd" => staged
+                .commands
+                .push((key, cd.decode(payload).await.expect("command"))),
+            other => panic!("unexpected topic {other}"),
+        }
+    }
+    staged
+}
+
+#[tokio::test]
+async fn a_panic_button_notifies_everyone_and_starts_the_camera() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    let mut p = processor(s.clone());
+    let out = feed(
+        &mut p,
+        5,
+        emergency("e-1", "VEH-1", EmergencyKind::PanicButton, Severity::Low),
+    )
+    .await;
+    let recipients: Vec<&str> = out.notifications.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(recipients, ["operations", "owner:VEH-1", "authorities"]);
+    for (key, n) in &out.notifications {
+        assert_eq!(&n.recipient, key, "keyed by recipient");
+        assert_eq!(
+            n.severity,
+            Severity::High,
+            "a panic button is raised to high"
+        );
+        assert_eq!(n.source_event_id, "e-1");
+        assert_eq!(n.source_kind, "emergency.PANIC_BUTTON");
+        assert_eq!(
+            n.sent_time,
+            Some(1_005),
+            "device send time carried for latency"
+        );
+        assert!(n.body.contains("4.60970,-74.08170"), "{}", n.body);
+    }
+    assert_eq!(out.notifications[0].1.channel, Channel::Log);
+    assert_eq!(out.notifications[1].1.channel, Channel::Webhook);
+    let ids: std::collections::HashSet<&str> = out
+        .notifications
+        .iter()
+        .map(|(_, n)| n.event_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 3, "one id per recipient");
+    assert_eq!(out.commands.len(), 1);
+    let (key, cmd) = &out.commands[0];
+    assert_eq!(key, "VEH-1");
+    assert_eq!(cmd.command, CommandKind::StartCamera);
+    assert_eq!(cmd.params["duration_s"], "300");
+    assert!(cmd.expires_at.is_some_and(|t| t > cmd.ingest_time));
+
+    let incident = s.incident("e-1").await.unwrap().expect("recorded");
+    assert_eq!(
+        (
+            incident.vehicle_id.as_str(),
+            incident.kind.as_str(),
+            incident.severity.as_str()
+        ),
+        ("VEH-1", "PANIC_BUTTON", "HIGH")
+    );
+    assert_eq!(incident.status, "open");
+    assert_eq!(incident.notified_at, None, "not confirmed until durable");
+    assert_eq!(s.incidents_for_vehicle("VEH-1", 5).await.unwrap().len(), 1);
+    p.on_durable("in", 0, 6).await.expect("durable");
+    assert!(
+        s.incident("e-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .notified_at
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_confirmed_emergency_is_never_notified_twice_even_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    let mut p = processor(s.clone());
+    let e = emergency("e-2", "VEH-2", EmergencyKind::Crash, Severity::Critical);
+    let first = feed(&mut p, 1, e.clone()).await;
+    assert_eq!(first.notifications.len(), 3);
+    p.on_durable("in", 0, 2).await.expect("durable");
+    // The bridge re-sent it (same event_id): nothing.
+    let again = feed(&mut p, 2, e.clone()).await;
+    assert!(again.notifications.is_empty() && again.commands.is_empty());
+    // A new process over the same store, replaying the partition: nothing either.
+    let mut restarted = processor(store(&dir).await);
+    let replay = feed(&mut restarted, 1, e).await;
+    assert!(replay.notifications.is_empty() && replay.commands.is_empty());
+}
+
+#[tokio::test]
+async fn an_unconfirmed_emergency_is_replayed_with_the_same_ids() {
+    // A crash after the incident was recorded but before its outputs were acknowledged.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut p = processor(store(&dir).await);
+    let e = emergency(
+        "e-3",
+        "VEH-3",
+        EmergencyKind::PanicButton,
+        Severity::Critical,
+    );
+    let before = feed(&mut p, 7, e.clone()).await;
+    drop(p);
+    let mut restarted = processor(store(&dir).await);
+    let after = feed(&mut restarted, 7, e).await;
+    let ids = |s: &Staged| -> Vec<String> {
+        s.notifications
+            .iter()
+            .map(|(_, n)| n.event_id.clone())
+            .chain(s.commands.iter().map(|(_, c)| c.event_id.clone()))
+            .collect()
+    };
+    assert_eq!(ids(&before), ids(&after));
+    assert_eq!(ids(&after).len(), 4);
+}
+
+#[tokio::test]
+async fn a_medium_report_reaches_the_owner_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut p = processor(store(&dir).await);
+    let out = feed(
+        &mut p,
+        0,
+        emergency("e-4", "VEH-4", EmergencyKind::Other, Severity::Medium),
+    )
+    .await;
+    let recipients: Vec<&str> = out.notifications.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(recipients, ["operations", "owner:VEH-4"]);
+    assert!(out.commands.is_empty());
+    let low = feed(
+        &mut p,
+        1,
+        emergency("e-5", "VEH-4", EmergencyKind::Other, Severity::Low),
+    )
+    .await;
+    assert_eq!(
+        low.notifications.len(),
+        1,
+        "the dashboard still hears of it"
+    );
+}
+
+#[tokio::test]
+async fn confirmation_follows_the_durable_offsets() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    let mut p = processor(s.clone());
+    for (offset, id) in [(10, "a"), (11, "b"), (12, "c")] {
+        feed(
+            &mut p,
+            offset,
+            emergency(id, "VEH-5", EmergencyKind::PanicButton, Severity::High),
+        )
+        .await;
+    }
+    p.on_durable("in", 0, 12).await.expect("durable");
+    let notified = |id: &'static str| {
+        let s = s.clone();
+        async move { s.incident(id).await.unwrap().unwrap().notified_at.is_some() }
+    };
+    assert!(notified("a").await && notified("b").await);
+    assert!(!notified("c").await, "offset 12 not yet durable");
+    p.on_revoke(&[("in".to_owned(), 0)]);
+    p.on_durable("in", 0, 13).await.expect("durable");
+    assert!(
+        !notified("c").await,
+        "a revoked partition's confirmations are its new owner's"
+    );
+}
+
+#[test]
+fn config_levels_are_validated() {
+    use fleet_runtime::config::Section;
+    assert!(EmergencyConfig::default().validate().is_ok());
+    let bad = EmergencyConfig {
+        owner_from: "urgent".into(),
+        ..Default::default()
+    };
+    assert!(bad.validate().is_err());
+    let bad = EmergencyConfig {
+        channel: "pigeon".into(),
+        ..Default::default()
+    };
+    assert!(bad.validate().is_err());
+}
