@@ -91,6 +91,10 @@ enum Scenario {
         /// Messages of the as-fast-as-possible phase.
         #[arg(long, default_value_t = 200_000)]
         burst: usize,
+        /// Also publish a panic button after every N-th reading of the fixed-rate phase and
+        /// run emergency-processor: measures device -> notification latency under load (0: off).
+        #[arg(long, default_value_t = 0)]
+        emergency_every: usize,
         /// Write the JSON report here as well as to stdout.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -367,9 +371,18 @@ async fn main() -> anyhow::Result<()> {
             vehicles,
             connections,
             burst,
+            emergency_every,
             report,
         } => {
-            let r = mqtt::run(rate, duration, vehicles.max(1), connections, burst).await?;
+            let r = mqtt::run(
+                rate,
+                duration,
+                vehicles.max(1),
+                connections,
+                burst,
+                emergency_every,
+            )
+            .await?;
             let json = serde_json::to_string_pretty(&r)?;
             println!("{json}");
             if let Some(path) = report {

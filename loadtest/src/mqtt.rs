@@ -58,6 +58,13 @@ pub(crate) struct MqttReport {
     burst_publish_rate: f64,
     burst_kafka_rate: f64,
     cpu_burst: CpuShare,
+    /// Panic buttons published during the fixed-rate phase (`--emergency-every`).
+    emergencies_sent: usize,
+    /// Distinct emergencies whose operations notification arrived on the notifications topic.
+    notifications_received: usize,
+    /// Intended device send time -> Notification read from Kafka (through the bridge and
+    /// emergency-processor, with the telemetry load flowing).
+    emergency_to_notification_ms: Percentiles,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -140,6 +147,7 @@ impl CpuProbe {
 }
 
 struct Topics {
+    notifications: String,
     telemetry: String,
     emergencies: String,
     deliveries: String,
@@ -178,6 +186,73 @@ fn start_bridge(t: &Topics, http_port: u16) -> anyhow::Result<Child> {
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))
+}
+
+fn start_emergency(t: &Topics, http_port: u16, state_url: &str) -> anyhow::Result<Child> {
+    let bin = std::env::current_exe()?.with_file_name("emergency-processor");
+    if !bin.exists() {
+        bail!(
+            "{} not built: cargo build --release -p fleet-emergency",
+            bin.display()
+        );
+    }
+    Command::new(&bin)
+        .env("FLEET_KAFKA_BROKERS", testkit::brokers())
+        .env("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url())
+        .env("FLEET_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("FLEET_STATE_URL", state_url)
+        .env("FLEET__APP__INPUT_TOPIC", &t.emergencies)
+        .env("FLEET__APP__NOTIFICATIONS_TOPIC", &t.notifications)
+        .env("FLEET__APP__COMMANDS_TOPIC", &t.commands)
+        .env("FLEET__RUNNER__DLQ_TOPIC", &t.dlq)
+        .env(
+            "FLEET__KAFKA__GROUP_ID",
+            testkit::random_name("load.emergency"),
+        )
+        .env("FLEET__KAFKA__CREATE_TOPICS", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// Reads notifications in a thread: (distinct emergencies notified, latencies in ms).
+fn notification_reader(
+    topic: &str,
+    out: Arc<Mutex<(std::collections::HashSet<String>, Vec<u64>)>>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", testkit::brokers())
+        .set("group.id", testkit::random_name("load-notif-read"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    c.subscribe(&[topic])?;
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let now = fleet_runtime::metrics::now_ms();
+            let Some(body) = m.payload().and_then(|p| p.get(5..)) else {
+                continue;
+            };
+            let Ok(n) = fleet_schemas::read_datum::<fleet_schemas::Notification>(body) else {
+                continue;
+            };
+            if n.recipient != "operations" {
+                continue;
+            }
+            if let Ok(mut o) = out.lock()
+                && o.0.insert(n.source_event_id.clone())
+                && let Some(sent) = n.sent_time
+            {
+                o.1.push((now - sent).max(0) as u64);
+            }
+        }
+    }))
 }
 
 /// What the Kafka reader saw.
@@ -325,16 +400,46 @@ fn payload(prefix: &str, seq: usize, vehicles: usize, sent_ms: i64) -> (String, 
     (topic, body)
 }
 
-/// Publishes sequence numbers `from..to` over `pubs`, paced at `rate` per second (0: as fast
-/// as possible), each stamped with its intended send time.
+/// Emergencies published for sequence numbers below `to`.
+fn emergencies_in(to: usize, every: usize) -> usize {
+    if every == 0 { 0 } else { to.div_ceil(every) }
+}
+
+fn panic_payload(prefix: &str, seq: usize, vehicles: usize, sent_ms: i64) -> (String, String) {
+    let vehicle = format!("VEH-{:05}", seq % vehicles);
+    let topic = format!("{prefix}/{vehicle}/emergency");
+    let body = format!(
+        r#"{{"vehicleId":"{vehicle}","eventId":"panic-{seq}","type":"panic_button","severity":"critical","location":{{"lat":4.61,"lon":-74.08}},"timestamp":{sent_ms},"sentAt":{sent_ms}}}"#
+    );
+    (topic, body)
+}
+
+/// Publishes a phase over `pubs`, each message stamped with its intended send time.
+/// One publishing phase: sequence numbers `from..to` at `rate`/s (0: as fast as possible),
+/// a panic button after every `emergency_every`-th reading (0: none); `acked_before` broker
+/// acknowledgements came from earlier phases.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    from: usize,
+    to: usize,
+    rate: usize,
+    emergency_every: usize,
+    acked_before: usize,
+}
+
 async fn publish_range(
     pubs: &[Publisher],
     prefix: &str,
-    from: usize,
-    to: usize,
     vehicles: usize,
-    rate: usize,
+    phase: Phase,
 ) -> anyhow::Result<f64> {
+    let Phase {
+        from,
+        to,
+        rate,
+        emergency_every,
+        acked_before,
+    } = phase;
     let start = Instant::now();
     let start_ms = fleet_runtime::metrics::now_ms();
     let mut handles = Vec::new();
@@ -370,6 +475,16 @@ async fn publish_range(
                 {
                     return;
                 }
+                if emergency_every > 0 && seq.is_multiple_of(emergency_every) {
+                    let (topic, body) = panic_payload(&prefix, seq, vehicles, intended);
+                    if client
+                        .publish(topic, QoS::AtLeastOnce, false, body)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 seq += n;
             }
         }));
@@ -377,7 +492,8 @@ async fn publish_range(
     for h in handles {
         h.await?;
     }
-    let want: usize = to;
+    // Acknowledgements expected in total: earlier phases' plus this one's.
+    let want: usize = acked_before + (to - from) + emergencies_in(to - from, emergency_every);
     let deadline = Instant::now() + Duration::from_secs(120);
     while pubs
         .iter()
@@ -436,9 +552,11 @@ pub(crate) async fn run(
     vehicles: usize,
     connections: usize,
     burst: usize,
+    emergency_every: usize,
 ) -> anyhow::Result<MqttReport> {
     let run_id = testkit::random_name("bench").replace('.', "");
     let t = Topics {
+        notifications: testkit::random_name("load.mqtt.notif"),
         telemetry: testkit::random_name("load.mqtt.tel"),
         emergencies: testkit::random_name("load.mqtt.emg"),
         deliveries: testkit::random_name("load.mqtt.dlv"),
@@ -447,7 +565,13 @@ pub(crate) async fn run(
         prefix: format!("test/{run_id}"),
     };
     testkit::create_topic(&t.telemetry, 12).await;
-    for topic in [&t.emergencies, &t.deliveries, &t.commands, &t.dlq] {
+    for topic in [
+        &t.emergencies,
+        &t.deliveries,
+        &t.commands,
+        &t.dlq,
+        &t.notifications,
+    ] {
         testkit::create_topic(topic, 3).await;
     }
     let http_port = free_port();
@@ -467,10 +591,20 @@ pub(crate) async fn run(
         let _ = bridge.kill();
         bail!("mqtt-bridge did not become ready");
     }
+    let state_dir = std::env::temp_dir().join(testkit::random_name("load-emergency"));
+    let mut emergency = if emergency_every > 0 {
+        std::fs::create_dir_all(&state_dir)?;
+        let url = format!("sqlite://{}/state.db", state_dir.display());
+        Some(start_emergency(&t, free_port(), &url)?)
+    } else {
+        None
+    };
+    let notified = Arc::new(Mutex::new((std::collections::HashSet::new(), Vec::new())));
     let fixed = rate * duration as usize;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let reader = reader(&t.telemetry, seen.clone(), fixed, stop.clone())?;
+    let notif_reader = notification_reader(&t.notifications, notified.clone(), stop.clone())?;
     let mut pubs = Vec::with_capacity(connections);
     for i in 0..connections.max(1) {
         pubs.push(publisher(i).await?);
@@ -480,7 +614,20 @@ pub(crate) async fn run(
         "fixed rate: {rate}/s for {duration} s from {vehicles} vehicles over {connections} MQTT connections"
     );
     let probe = CpuProbe::start(bridge.id());
-    let publish_rate = publish_range(&pubs, &t.prefix, 0, fixed, vehicles, rate).await?;
+    let publish_rate = publish_range(
+        &pubs,
+        &t.prefix,
+        vehicles,
+        Phase {
+            from: 0,
+            to: fixed,
+            rate,
+            emergency_every,
+            acked_before: 0,
+        },
+    )
+    .await?;
+    let emergencies_sent = emergencies_in(fixed, emergency_every);
     let wait_all = |n: usize| {
         let seen = seen.clone();
         async move {
@@ -491,16 +638,44 @@ pub(crate) async fn run(
         }
     };
     wait_all(fixed).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while notified.lock().map(|n| n.0.len()).unwrap_or(0) < emergencies_sent
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let cpu_fixed = probe.finish();
     let bridge_hist = bucket_quantiles(http_port).await;
     eprintln!("fixed-rate phase done at {publish_rate:.0} msg/s; burst of {burst}");
 
     let probe = CpuProbe::start(bridge.id());
-    let burst_rate = publish_range(&pubs, &t.prefix, fixed, fixed + burst, vehicles, 0).await?;
+    // The burst starts where the broker's acknowledgement count stands (emergencies included).
+    let burst_rate = publish_range(
+        &pubs,
+        &t.prefix,
+        vehicles,
+        Phase {
+            from: fixed,
+            to: fixed + burst,
+            rate: 0,
+            emergency_every: 0,
+            acked_before: fixed + emergencies_sent,
+        },
+    )
+    .await?;
     wait_all(fixed + burst).await;
     let cpu_burst = probe.finish();
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
+    let _ = notif_reader.join();
+    if let Some(e) = emergency.as_mut() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(e.id().to_string())
+            .status();
+        let _ = e.wait();
+    }
+    let _ = std::fs::remove_dir_all(&state_dir);
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(bridge.id().to_string())
@@ -534,6 +709,11 @@ pub(crate) async fn run(
         burst_publish_rate: burst_rate,
         burst_kafka_rate,
         cpu_burst,
+        emergencies_sent,
+        notifications_received: notified.lock().map(|n| n.0.len()).unwrap_or(0),
+        emergency_to_notification_ms: percentiles(
+            notified.lock().map(|n| n.1.clone()).unwrap_or_default(),
+        ),
     };
     Ok(report)
 }

@@ -23,8 +23,8 @@
 //!
 //! ## Latency
 //! `main` uses the latency producer profile (linger 0) and a short consumer fetch wait
-//! (`fetch.wait.max.ms = 5` unless `kafka.options` says otherwise); the only other work on the
-//! path is one read and one write of the state store.
+//! (`kafka.fetch_wait` = 5 ms unless configured); the only other work on the path is one read
+//! and one write of the state store.
 //!
 //! Recipients are configured per deployment (`owner_recipient` may contain `{vehicle_id}`); per
 //! vehicle contacts from `fleet.vehicle-profiles` are not wired in yet.

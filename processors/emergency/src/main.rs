@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use fleet_emergency::{Emergency, EmergencyConfig};
+use fleet_runtime::config::KafkaConfig;
 use fleet_runtime::kafka::ProducerProfile;
 use fleet_runtime::{Runtime, shutdown};
 use fleet_state::{Store, StoreOptions};
@@ -18,12 +19,10 @@ async fn main() -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    // The fast lane polls the broker often; an explicit kafka.options value wins.
-    config
-        .kafka
-        .options
-        .entry("fetch.wait.max.ms".to_owned())
-        .or_insert_with(|| "5".to_owned());
+    // The fast lane polls the broker often, unless configured otherwise.
+    if config.kafka.fetch_wait == KafkaConfig::default().fetch_wait {
+        config.kafka.fetch_wait = std::time::Duration::from_millis(5);
+    }
     let token = shutdown::install();
     let runtime = Runtime::start(NAME, &config, ProducerProfile::Latency, token.clone())
         .await

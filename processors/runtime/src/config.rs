@@ -166,6 +166,10 @@ config_section! {
         /// rebalance waits for members to rejoin.
         #[serde(with = "humantime_serde")]
         pub max_poll_interval: Duration = Duration::from_secs(300),
+        /// Longest time the broker holds a fetch that found nothing new (consumers): the
+        /// latency floor of a quiet partition. The emergency fast lane lowers it.
+        #[serde(with = "humantime_serde")]
+        pub fetch_wait: Duration = Duration::from_millis(100),
         /// Interval of librdkafka statistics (consumer lag metrics); "0s" disables them.
         #[serde(with = "humantime_serde")]
         pub statistics_interval: Duration = Duration::from_secs(5),

@@ -150,9 +150,10 @@ pub fn consumer(
             cfg.session_timeout.as_millis().to_string(),
         )
         .set("heartbeat.interval.ms", "1000")
-        // A fetch with nothing new returns after at most 100 ms (librdkafka's default is
-        // 500 ms), so a reading reaches the run loop quickly at low per-partition rates.
-        .set("fetch.wait.max.ms", "100")
+        // A fetch with nothing new returns after at most `fetch_wait` (100 ms by default;
+        // librdkafka's is 500 ms), so a reading reaches the run loop quickly at low
+        // per-partition rates.
+        .set("fetch.wait.max.ms", cfg.fetch_wait.as_millis().to_string())
         .set(
             "max.poll.interval.ms",
             cfg.max_poll_interval.as_millis().to_string(),
