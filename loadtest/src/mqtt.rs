@@ -65,6 +65,9 @@ pub(crate) struct MqttReport {
     /// Intended device send time -> Notification read from Kafka (through the bridge and
     /// emergency-processor, with the telemetry load flowing).
     emergency_to_notification_ms: Percentiles,
+    /// emergency-processor's histogram: bridge `ingest_time` -> the emergency is being
+    /// processed (bridge produce + broker + fetch), bucket bounds.
+    bridge_ingest_to_incident_ms: BucketQuantiles,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -227,7 +230,7 @@ fn notification_reader(
         .set("group.id", testkit::random_name("load-notif-read"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", "25")
         .create()?;
     c.subscribe(&[topic])?;
     Ok(std::thread::spawn(move || {
@@ -290,7 +293,7 @@ fn reader(
         .set("group.id", testkit::random_name("load-mqtt-read"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "50")
         .create()?;
     c.subscribe(&[topic])?;
     Ok(std::thread::spawn(move || {
@@ -509,7 +512,7 @@ async fn publish_range(
     Ok((to - from) as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn bucket_quantiles(port: u16) -> BucketQuantiles {
+async fn bucket_quantiles(port: u16, stage: &str) -> BucketQuantiles {
     let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
         return BucketQuantiles::default();
     };
@@ -517,7 +520,8 @@ async fn bucket_quantiles(port: u16) -> BucketQuantiles {
     let mut buckets: Vec<(f64, u64)> = body
         .lines()
         .filter(|l| {
-            l.starts_with("fleet_stage_latency_seconds_bucket") && l.contains("mqtt_to_kafka_ack")
+            l.starts_with("fleet_stage_latency_seconds_bucket")
+                && l.contains(&format!("stage=\"{stage}\""))
         })
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
@@ -592,12 +596,14 @@ pub(crate) async fn run(
         bail!("mqtt-bridge did not become ready");
     }
     let state_dir = std::env::temp_dir().join(testkit::random_name("load-emergency"));
-    let mut emergency = if emergency_every > 0 {
-        std::fs::create_dir_all(&state_dir)?;
-        let url = format!("sqlite://{}/state.db", state_dir.display());
-        Some(start_emergency(&t, free_port(), &url)?)
-    } else {
-        None
+    let emergency_port = (emergency_every > 0).then(free_port);
+    let mut emergency = match emergency_port {
+        Some(port) => {
+            std::fs::create_dir_all(&state_dir)?;
+            let url = format!("sqlite://{}/state.db", state_dir.display());
+            Some(start_emergency(&t, port, &url)?)
+        }
+        None => None,
     };
     let notified = Arc::new(Mutex::new((std::collections::HashSet::new(), Vec::new())));
     let fixed = rate * duration as usize;
@@ -645,7 +651,11 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu_fixed = probe.finish();
-    let bridge_hist = bucket_quantiles(http_port).await;
+    let bridge_hist = bucket_quantiles(http_port, "mqtt_to_kafka_ack").await;
+    let incident_hist = match emergency_port {
+        Some(port) => bucket_quantiles(port, "ingest_to_incident").await,
+        None => BucketQuantiles::default(),
+    };
     eprintln!("fixed-rate phase done at {publish_rate:.0} msg/s; burst of {burst}");
 
     let probe = CpuProbe::start(bridge.id());
@@ -714,6 +724,7 @@ pub(crate) async fn run(
         emergency_to_notification_ms: percentiles(
             notified.lock().map(|n| n.1.clone()).unwrap_or_default(),
         ),
+        bridge_ingest_to_incident_ms: incident_hist,
     };
     Ok(report)
 }

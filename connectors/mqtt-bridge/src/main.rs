@@ -67,7 +67,13 @@ async fn main() -> anyhow::Result<()> {
         let topic = app.commands_topic.clone();
         let t = token.clone();
         Some(tokio::spawn(async move {
-            rt.run(downlink, &[topic.as_str()], t).await
+            let r = rt.run(downlink, &[topic.as_str()], t.clone()).await;
+            if r.is_err() {
+                // A failed downlink stops the whole bridge (exit non-zero, restarted by the
+                // supervisor) rather than leaving commands silently undelivered.
+                t.cancel();
+            }
+            r
         }))
     } else {
         None

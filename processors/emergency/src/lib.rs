@@ -23,7 +23,7 @@
 //!
 //! ## Latency
 //! `main` uses the latency producer profile (linger 0) and a short consumer fetch wait
-//! (`kafka.fetch_wait` = 5 ms unless configured); the only other work on the path is one read
+//! (`kafka.fetch_wait` = 25 ms unless configured); the only other work on the path is one read
 //! and one write of the state store.
 //!
 //! Recipients are configured per deployment (`owner_recipient` may contain `{vehicle_id}`); per
