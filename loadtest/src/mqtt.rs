@@ -219,18 +219,20 @@ fn start_emergency(t: &Topics, http_port: u16, state_url: &str) -> anyhow::Resul
         .with_context(|| format!("starting {}", bin.display()))
 }
 
-/// Reads notifications in a thread: (distinct emergencies notified, latencies in ms).
-fn notification_reader(
+/// Follows `topic` from the beginning in a thread, decoding each record as `T` and handing it
+/// to `on_record` with the wall-clock time (ms) it was read, until `stop`.
+fn follow<T: fleet_schemas::Record>(
     topic: &str,
-    out: Arc<Mutex<(std::collections::HashSet<String>, Vec<u64>)>>,
+    fetch_wait_ms: u32,
     stop: Arc<AtomicBool>,
+    mut on_record: impl FnMut(T, i64) + Send + 'static,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", testkit::brokers())
-        .set("group.id", testkit::random_name("load-notif-read"))
+        .set("group.id", testkit::random_name("load-follow"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "25")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .create()?;
     c.subscribe(&[topic])?;
     Ok(std::thread::spawn(move || {
@@ -239,14 +241,31 @@ fn notification_reader(
                 continue;
             };
             let now = fleet_runtime::metrics::now_ms();
-            let Some(body) = m.payload().and_then(|p| p.get(5..)) else {
-                continue;
-            };
-            let Ok(n) = fleet_schemas::read_datum::<fleet_schemas::Notification>(body) else {
-                continue;
-            };
+            // Confluent framing: magic byte and schema id, then the Avro datum.
+            if let Some(Ok(r)) = m
+                .payload()
+                .and_then(|p| p.get(5..))
+                .map(fleet_schemas::read_datum::<T>)
+            {
+                on_record(r, now);
+            }
+        }
+    }))
+}
+
+/// Reads notifications: (distinct emergencies notified, latencies in ms).
+fn notification_reader(
+    topic: &str,
+    out: Arc<Mutex<(std::collections::HashSet<String>, Vec<u64>)>>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    follow(
+        topic,
+        25,
+        stop,
+        move |n: fleet_schemas::Notification, now| {
             if n.recipient != "operations" {
-                continue;
+                return;
             }
             if let Ok(mut o) = out.lock()
                 && o.0.insert(n.source_event_id.clone())
@@ -254,8 +273,8 @@ fn notification_reader(
             {
                 o.1.push((now - sent).max(0) as u64);
             }
-        }
-    }))
+        },
+    )
 }
 
 /// What the Kafka reader saw.
@@ -288,43 +307,21 @@ fn reader(
     measure_below: usize,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", testkit::brokers())
-        .set("group.id", testkit::random_name("load-mqtt-read"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .create()?;
-    c.subscribe(&[topic])?;
-    Ok(std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let now = fleet_runtime::metrics::now_ms();
-            let Some(body) = m.payload().and_then(|p| p.get(5..)) else {
-                continue;
-            };
-            let Ok(r) = fleet_schemas::read_datum::<TelemetryReading>(body) else {
-                continue;
-            };
-            let seq = r.odometer_km.unwrap_or(-1.0);
-            if seq < 0.0 {
-                continue;
-            }
-            let seq = seq as usize;
-            if let Ok(mut s) = seen.lock() {
-                s.total += 1;
-                s.mark(seq);
-                if seq < measure_below
-                    && let Some(sent) = r.sent_time
-                {
-                    s.to_kafka.push((now - sent).max(0) as u64);
-                    s.to_bridge.push((r.ingest_time - sent).max(0) as u64);
-                }
+    follow(topic, 50, stop, move |r: TelemetryReading, now| {
+        let Some(seq) = r.odometer_km.filter(|s| *s >= 0.0).map(|s| s as usize) else {
+            return;
+        };
+        if let Ok(mut s) = seen.lock() {
+            s.total += 1;
+            s.mark(seq);
+            if seq < measure_below
+                && let Some(sent) = r.sent_time
+            {
+                s.to_kafka.push((now - sent).max(0) as u64);
+                s.to_bridge.push((r.ingest_time - sent).max(0) as u64);
             }
         }
-    }))
+    })
 }
 
 struct Publisher {
