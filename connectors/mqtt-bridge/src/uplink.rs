@@ -5,7 +5,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_ingest::{Identity, Kind, Limits, Parsed, parse, parse_topic};
+use fleet_ingest::{Identity, Limits, Parsed, parse, parse_topic};
 use fleet_runtime::kafka;
 use fleet_runtime::metrics::{Metrics, now_ms};
 use fleet_schemas::{
@@ -435,9 +435,4 @@ fn encode<T: Record>(route: &Route<T>, record: &T, buf: &mut Vec<u8>) -> Result<
             T::FULL_NAME
         )))
     })
-}
-
-/// The kind of a device topic, for callers that route by topic.
-pub fn kind_of(prefix: &str, topic: &str) -> Option<Kind> {
-    parse_topic(prefix, topic).ok().map(|(_, k)| k)
 }
