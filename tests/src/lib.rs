@@ -172,4 +172,86 @@ pub fn mqtt_tls_port() -> u16 {
         .unwrap_or(8883)
 }
 
+/// Kafka topics and the MQTT prefix of one bridge under test (`test/{run}` on the local
+/// broker, so that bridges of tests running in parallel never see each other's messages).
+#[derive(Debug)]
+pub struct BridgeRun {
+    /// MQTT topic prefix.
+    pub prefix: String,
+    /// Kafka topic for telemetry.
+    pub telemetry: String,
+    /// Kafka topic for emergencies.
+    pub emergencies: String,
+    /// Kafka topic for deliveries.
+    pub deliveries: String,
+    /// Kafka topic of commands (downlink).
+    pub commands: String,
+    /// Dead-letter topic.
+    pub dlq: String,
+}
+
+impl BridgeRun {
+    /// Fresh names; the Kafka topics are created.
+    pub async fn new(partitions: i32) -> Self {
+        let id = testkit::random_name("r").replace('.', "");
+        let run = Self {
+            prefix: format!("test/{id}"),
+            telemetry: testkit::random_name("e2e.mqtt.tel"),
+            emergencies: testkit::random_name("e2e.mqtt.emg"),
+            deliveries: testkit::random_name("e2e.mqtt.dlv"),
+            commands: testkit::random_name("e2e.mqtt.cmd"),
+            dlq: testkit::random_name("e2e.mqtt.dlq"),
+        };
+        for t in [
+            &run.telemetry,
+            &run.emergencies,
+            &run.deliveries,
+            &run.commands,
+        ] {
+            testkit::create_topic(t, partitions).await;
+        }
+        testkit::create_topic(&run.dlq, 1).await;
+        run
+    }
+
+    /// Environment of an `mqtt-bridge` instance with MQTT client id `client_id`.
+    pub fn env(&self, client_id: &str) -> Vec<(&'static str, String)> {
+        let creds = credentials();
+        let mut env = vec![
+            (
+                "FLEET_MQTT_URL",
+                format!("mqtt://127.0.0.1:{}", mqtt_port()),
+            ),
+            (
+                "FLEET_MQTT_BRIDGE_USER",
+                creds["FLEET_MQTT_BRIDGE_USER"].clone(),
+            ),
+            (
+                "FLEET_MQTT_BRIDGE_PASSWORD",
+                creds["FLEET_MQTT_BRIDGE_PASSWORD"].clone(),
+            ),
+            ("FLEET__APP__CLIENT_ID", client_id.to_owned()),
+            ("FLEET__APP__TOPIC_PREFIX", self.prefix.clone()),
+            ("FLEET__APP__TELEMETRY_TOPIC", self.telemetry.clone()),
+            ("FLEET__APP__EMERGENCIES_TOPIC", self.emergencies.clone()),
+            ("FLEET__APP__DELIVERIES_TOPIC", self.deliveries.clone()),
+            ("FLEET__APP__COMMANDS_TOPIC", self.commands.clone()),
+            ("FLEET__RUNNER__DLQ_TOPIC", self.dlq.clone()),
+            ("FLEET__KAFKA__CREATE_TOPICS", "false".into()),
+            // The downlink's consumer group: one per test run.
+            (
+                "FLEET__KAFKA__GROUP_ID",
+                format!("{}-downlink", self.commands),
+            ),
+        ];
+        env.extend(fast_rejoin());
+        env
+    }
+
+    /// The MQTT topic of `vehicle`'s `kind` (`telemetry`, `emergency`, `commands`, ...).
+    pub fn topic(&self, vehicle: &str, kind: &str) -> String {
+        format!("{}/{vehicle}/{kind}", self.prefix)
+    }
+}
+
 pub mod mqtt;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fleet_e2e::mqtt::{Auth, Device};
 use fleet_e2e::testkit::{self, TopicTail};
-use fleet_e2e::{Proc, credentials, fast_rejoin, mqtt_port, wait_ready};
+use fleet_e2e::{BridgeRun, Proc, credentials, fast_rejoin, mqtt_port, wait_ready};
 use fleet_schemas::{Decoder, EmergencyEvent, Notification, Registry, Severity};
 use fleet_state::{StateStore, Store, StoreOptions};
 
@@ -32,54 +32,20 @@ async fn notifications(tail: &TopicTail) -> Vec<Notification> {
 
 #[tokio::test]
 async fn a_panic_button_reaches_people_and_the_camera_once() {
-    let run = testkit::random_name("r").replace('.', "");
-    let prefix = format!("test/{run}");
-    let topic = |name: &str| testkit::random_name(&format!("e2e.fast.{name}"));
-    let (emergencies, notif, commands, telemetry, deliveries, dlq) = (
-        topic("emg"),
-        topic("notif"),
-        topic("cmd"),
-        topic("tel"),
-        topic("dlv"),
-        topic("dlq"),
-    );
-    for t in [&emergencies, &notif, &commands, &telemetry, &deliveries] {
-        testkit::create_topic(t, 2).await;
-    }
-    testkit::create_topic(&dlq, 1).await;
+    let run = BridgeRun::new(2).await;
+    let prefix = run.prefix.clone();
+    let (emergencies, commands) = (run.emergencies.clone(), run.commands.clone());
+    let notif = testkit::random_name("e2e.fast.notif");
+    testkit::create_topic(&notif, 2).await;
     let creds = credentials();
-    let mut common = vec![
-        ("FLEET__KAFKA__CREATE_TOPICS", "false".to_owned()),
-        ("FLEET__RUNNER__DLQ_TOPIC", dlq.clone()),
-    ];
-    common.extend(fast_rejoin());
-    let mut bridge_env = common.clone();
-    bridge_env.extend([
-        (
-            "FLEET_MQTT_URL",
-            format!("mqtt://127.0.0.1:{}", mqtt_port()),
-        ),
-        (
-            "FLEET_MQTT_BRIDGE_USER",
-            creds["FLEET_MQTT_BRIDGE_USER"].clone(),
-        ),
-        (
-            "FLEET_MQTT_BRIDGE_PASSWORD",
-            creds["FLEET_MQTT_BRIDGE_PASSWORD"].clone(),
-        ),
-        ("FLEET__APP__CLIENT_ID", testkit::random_name("bridge-fast")),
-        ("FLEET__APP__TOPIC_PREFIX", prefix.clone()),
-        ("FLEET__APP__TELEMETRY_TOPIC", telemetry.clone()),
-        ("FLEET__APP__EMERGENCIES_TOPIC", emergencies.clone()),
-        ("FLEET__APP__DELIVERIES_TOPIC", deliveries.clone()),
-        ("FLEET__APP__COMMANDS_TOPIC", commands.clone()),
-        ("FLEET__KAFKA__GROUP_ID", format!("{commands}-bridge")),
-    ]);
+    let bridge_env = run.env(&testkit::random_name("bridge-fast"));
     let dir = std::env::temp_dir().join(testkit::random_name("fast-state"));
     std::fs::create_dir_all(&dir).expect("state dir");
     let state_url = format!("sqlite://{}/state.db", dir.display());
-    let mut proc_env = common;
+    let mut proc_env = fast_rejoin();
     proc_env.extend([
+        ("FLEET__KAFKA__CREATE_TOPICS", "false".to_owned()),
+        ("FLEET__RUNNER__DLQ_TOPIC", run.dlq.clone()),
         ("FLEET_STATE_URL", state_url.clone()),
         ("FLEET__APP__INPUT_TOPIC", emergencies.clone()),
         ("FLEET__APP__NOTIFICATIONS_TOPIC", notif.clone()),

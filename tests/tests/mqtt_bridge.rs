@@ -13,85 +13,15 @@ use std::time::Duration;
 
 use fleet_e2e::mqtt::{Auth, Device};
 use fleet_e2e::testkit::{self, TopicTail};
-use fleet_e2e::{Proc, credentials, free_port, mqtt_port, mqtt_tls_port, state_dir, wait_ready};
+use fleet_e2e::{
+    BridgeRun as Run, Proc, credentials, free_port, mqtt_port, mqtt_tls_port, state_dir, wait_ready,
+};
 use fleet_schemas::{
     CommandKind, DeadLetter, Decoder, DeliveryEvent, DeviceCommand, EmergencyEvent, EmergencyKind,
     Encoder, Registry, Severity, TelemetryReading,
 };
 
 const BIN: &str = "mqtt-bridge";
-
-/// Kafka topics and the MQTT prefix of one test run.
-struct Run {
-    prefix: String,
-    telemetry: String,
-    emergencies: String,
-    deliveries: String,
-    commands: String,
-    dlq: String,
-}
-
-impl Run {
-    async fn new(partitions: i32) -> Self {
-        let id = testkit::random_name("r").replace('.', "");
-        let run = Self {
-            prefix: format!("test/{id}"),
-            telemetry: testkit::random_name("e2e.mqtt.tel"),
-            emergencies: testkit::random_name("e2e.mqtt.emg"),
-            deliveries: testkit::random_name("e2e.mqtt.dlv"),
-            commands: testkit::random_name("e2e.mqtt.cmd"),
-            dlq: testkit::random_name("e2e.mqtt.dlq"),
-        };
-        for t in [
-            &run.telemetry,
-            &run.emergencies,
-            &run.deliveries,
-            &run.commands,
-        ] {
-            testkit::create_topic(t, partitions).await;
-        }
-        testkit::create_topic(&run.dlq, 1).await;
-        run
-    }
-
-    /// Environment of a bridge instance.
-    fn env(&self, client_id: &str) -> Vec<(&'static str, String)> {
-        let creds = credentials();
-        let mut env = vec![
-            (
-                "FLEET_MQTT_URL",
-                format!("mqtt://127.0.0.1:{}", mqtt_port()),
-            ),
-            (
-                "FLEET_MQTT_BRIDGE_USER",
-                creds["FLEET_MQTT_BRIDGE_USER"].clone(),
-            ),
-            (
-                "FLEET_MQTT_BRIDGE_PASSWORD",
-                creds["FLEET_MQTT_BRIDGE_PASSWORD"].clone(),
-            ),
-            ("FLEET__APP__CLIENT_ID", client_id.to_owned()),
-            ("FLEET__APP__TOPIC_PREFIX", self.prefix.clone()),
-            ("FLEET__APP__TELEMETRY_TOPIC", self.telemetry.clone()),
-            ("FLEET__APP__EMERGENCIES_TOPIC", self.emergencies.clone()),
-            ("FLEET__APP__DELIVERIES_TOPIC", self.deliveries.clone()),
-            ("FLEET__APP__COMMANDS_TOPIC", self.commands.clone()),
-            ("FLEET__RUNNER__DLQ_TOPIC", self.dlq.clone()),
-            ("FLEET__KAFKA__CREATE_TOPICS", "false".into()),
-            // The downlink's consumer group: one per test run.
-            (
-                "FLEET__KAFKA__GROUP_ID",
-                format!("{}-downlink", self.commands),
-            ),
-        ];
-        env.extend(fleet_e2e::fast_rejoin());
-        env
-    }
-
-    fn topic(&self, vehicle: &str, kind: &str) -> String {
-        format!("{}/{vehicle}/{kind}", self.prefix)
-    }
-}
 
 fn simulator(name: &str) -> Device {
     let creds = credentials();
