@@ -290,48 +290,11 @@ pub fn start(
                 o.set_transport(t);
             }
             let (client, mut el) = rumqttc::AsyncClient::new(o, cap);
-            tokio::spawn(async move {
-                let mut backoff = Backoff::default();
-                loop {
-                    let ev = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        ev = el.poll() => ev,
-                    };
-                    let out = match ev {
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                            MqttEvent::Message(Message::V311(p))
-                        }
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c))) => {
-                            backoff.reset();
-                            MqttEvent::Connected {
-                                session_present: c.session_present,
-                            }
-                        }
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                            MqttEvent::PubAck
-                        }
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a))) => {
-                            if a.return_codes
-                                .iter()
-                                .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                            {
-                                MqttEvent::SubscribeRefused(format!("{:?}", a.return_codes))
-                            } else {
-                                continue;
-                            }
-                        }
-                        Ok(_) => continue,
-                        Err(e) => MqttEvent::Disconnected(e.to_string()),
-                    };
-                    let failed = matches!(out, MqttEvent::Disconnected(_));
-                    if tx.send(out).await.is_err() {
-                        return;
-                    }
-                    if failed && backoff.wait(&stop).await {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(forward_events(
+                async move || from_v311(el.poll().await),
+                tx,
+                stop,
+            ));
             Ok((Client::V311(client), rx))
         }
         Protocol::V5 => {
@@ -353,49 +316,82 @@ pub fn start(
                 o.set_transport(t);
             }
             let (client, mut el) = rumqttc::v5::AsyncClient::new(o, cap);
-            tokio::spawn(async move {
-                let mut backoff = Backoff::default();
-                loop {
-                    let ev = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        ev = el.poll() => ev,
-                    };
-                    let out = match ev {
-                        Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => {
-                            MqttEvent::Message(Message::V5(p))
-                        }
-                        Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(c))) => {
-                            backoff.reset();
-                            MqttEvent::Connected {
-                                session_present: c.session_present,
-                            }
-                        }
-                        Ok(rumqttc::v5::Event::Incoming(p5::Packet::PubAck(_))) => {
-                            MqttEvent::PubAck
-                        }
-                        Ok(rumqttc::v5::Event::Incoming(p5::Packet::SubAck(a))) => {
-                            if a.return_codes
-                                .iter()
-                                .any(|c| !matches!(c, p5::SubscribeReasonCode::Success(_)))
-                            {
-                                MqttEvent::SubscribeRefused(format!("{:?}", a.return_codes))
-                            } else {
-                                continue;
-                            }
-                        }
-                        Ok(_) => continue,
-                        Err(e) => MqttEvent::Disconnected(e.to_string()),
-                    };
-                    let failed = matches!(out, MqttEvent::Disconnected(_));
-                    if tx.send(out).await.is_err() {
-                        return;
-                    }
-                    if failed && backoff.wait(&stop).await {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(forward_events(
+                async move || from_v5(el.poll().await),
+                tx,
+                stop,
+            ));
             Ok((Client::V5(client), rx))
+        }
+    }
+}
+
+/// What the bridge needs from an MQTT 3.1.1 event (`None`: nothing).
+fn from_v311(ev: Result<rumqttc::Event, rumqttc::ConnectionError>) -> Option<MqttEvent> {
+    use rumqttc::{Event, Packet, SubscribeReasonCode};
+    match ev {
+        Ok(Event::Incoming(Packet::Publish(p))) => Some(MqttEvent::Message(Message::V311(p))),
+        Ok(Event::Incoming(Packet::ConnAck(c))) => Some(MqttEvent::Connected {
+            session_present: c.session_present,
+        }),
+        Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+        Ok(Event::Incoming(Packet::SubAck(a)))
+            if a.return_codes
+                .iter()
+                .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
+        {
+            Some(MqttEvent::SubscribeRefused(format!("{:?}", a.return_codes)))
+        }
+        Ok(_) => None,
+        Err(e) => Some(MqttEvent::Disconnected(e.to_string())),
+    }
+}
+
+/// What the bridge needs from an MQTT 5 event (`None`: nothing).
+fn from_v5(ev: Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>) -> Option<MqttEvent> {
+    use p5::{Packet, SubscribeReasonCode};
+    use rumqttc::v5::Event;
+    match ev {
+        Ok(Event::Incoming(Packet::Publish(p))) => Some(MqttEvent::Message(Message::V5(p))),
+        Ok(Event::Incoming(Packet::ConnAck(c))) => Some(MqttEvent::Connected {
+            session_present: c.session_present,
+        }),
+        Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+        Ok(Event::Incoming(Packet::SubAck(a)))
+            if a.return_codes
+                .iter()
+                .any(|c| !matches!(c, SubscribeReasonCode::Success(_))) =>
+        {
+            Some(MqttEvent::SubscribeRefused(format!("{:?}", a.return_codes)))
+        }
+        Ok(_) => None,
+        Err(e) => Some(MqttEvent::Disconnected(e.to_string())),
+    }
+}
+
+/// The event-loop task: forwards what `next` yields until `stop` fires or the receiver is
+/// gone; after a connection failure it backs off before polling (reconnecting) again.
+async fn forward_events(
+    mut next: impl AsyncFnMut() -> Option<MqttEvent>,
+    tx: mpsc::Sender<MqttEvent>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = next() => ev,
+        };
+        let Some(ev) = ev else { continue };
+        if matches!(ev, MqttEvent::Connected { .. }) {
+            backoff.reset();
+        }
+        let failed = matches!(ev, MqttEvent::Disconnected(_));
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+        if failed && backoff.wait(&stop).await {
+            return;
         }
     }
 }
