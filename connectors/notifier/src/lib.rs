@@ -1,0 +1,210 @@
+//! # notifier: notifications to people and systems
+//!
+//! Consumes [`Notification`]s (`fleet.notifications`, keyed by recipient) and delivers each by
+//! its channel:
+//!
+//! * `WEBHOOK`: `POST {webhook_url}` with the notification as JSON, header `Idempotency-Key` =
+//!   the notification's `event_id` (stable across replays, so the receiver can de-duplicate) and
+//!   `X-Fleet-Recipient`. 2xx is delivered; 408, 429, 5xx and network errors are retried with
+//!   capped exponential backoff up to `attempts` times, then dead-lettered
+//!   (`webhook_failed`); any other 4xx is dead-lettered at once (`webhook_rejected`).
+//! * `LOG`: written to the log (the operations dashboard's channel in the local stack).
+//! * `EMAIL`, `SMS`: not implemented yet: dead-lettered (`unsupported_channel`) so that they are
+//!   visible and replayable, never silently dropped.
+//!
+//! ## Delivery guarantee
+//! At least once. The offset of a notification is stored only after it was delivered or its
+//! dead letter acknowledged (the run loop of `fleet-runtime`); a crash re-delivers with the same
+//! idempotency key. Notifications of one recipient are delivered in order (one partition, one
+//! at a time), so a failing endpoint delays that partition by at most the retry budget.
+
+use std::time::Duration;
+
+use fleet_runtime::metrics::Metrics;
+use fleet_runtime::{Input, Outputs, ProcessError, Processor};
+use fleet_schemas::{Channel, Notification, Severity};
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+fleet_runtime::config_section! {
+    /// notifier settings.
+    pub struct NotifierConfig {
+        /// Topic of Notification records.
+        pub input_topic: String = "fleet.notifications".to_owned(),
+        /// Endpoint receiving WEBHOOK notifications (the recipient is in the body and the
+        /// X-Fleet-Recipient header). Empty: webhook notifications are dead-lettered.
+        pub webhook_url: String = String::new(), env = "FLEET_NOTIFIER_WEBHOOK_URL",
+        /// Timeout of one webhook request.
+        #[serde(with = "humantime_serde")]
+        pub webhook_timeout: Duration = Duration::from_secs(5),
+        /// Attempts per notification before it is dead-lettered.
+        pub attempts: u32 = 5,
+        /// First retry delay (doubles per attempt).
+        #[serde(with = "humantime_serde")]
+        pub retry_initial: Duration = Duration::from_millis(200),
+        /// Longest retry delay.
+        #[serde(with = "humantime_serde")]
+        pub retry_max: Duration = Duration::from_secs(5),
+    }
+    validate(c) {
+        if c.attempts == 0 {
+            return Err(fleet_runtime::Error::Config("app.attempts must be at least 1".into()));
+        }
+        let url = &c.webhook_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(fleet_runtime::Error::Config(format!("app.webhook_url {:?} must be http(s)://", c.webhook_url)));
+        }
+        Ok(())
+    }
+}
+
+/// The JSON a webhook receives.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookBody<'a> {
+    /// Notification id (also the `Idempotency-Key` header).
+    pub event_id: &'a str,
+    /// Recipient.
+    pub recipient: &'a str,
+    /// Vehicle concerned.
+    pub vehicle_id: &'a str,
+    /// `INFO` .. `CRITICAL`.
+    pub severity: Severity,
+    /// Title.
+    pub subject: &'a str,
+    /// Text.
+    pub body: &'a str,
+    /// The event it is about (an emergency's id, ...).
+    pub source_event_id: &'a str,
+    /// For example `emergency.PANIC_BUTTON`.
+    pub source_kind: &'a str,
+    /// When the source event happened, ms.
+    pub event_time: i64,
+    /// When the device sent it, ms, if known.
+    pub sent_time: Option<i64>,
+}
+
+impl<'a> WebhookBody<'a> {
+    /// The webhook view of `n`.
+    pub fn of(n: &'a Notification) -> Self {
+        Self {
+            event_id: &n.event_id,
+            recipient: &n.recipient,
+            vehicle_id: &n.vehicle_id,
+            severity: n.severity,
+            subject: &n.subject,
+            body: &n.body,
+            source_event_id: &n.source_event_id,
+            source_kind: &n.source_kind,
+            event_time: n.event_time,
+            sent_time: n.sent_time,
+        }
+    }
+}
+
+/// The notifier.
+#[derive(Debug)]
+pub struct Notifier {
+    http: reqwest::Client,
+    cfg: NotifierConfig,
+    webhook_ok: Counter,
+    log_ok: Counter,
+    retries: Counter,
+}
+
+impl Notifier {
+    /// A notifier with its HTTP client.
+    pub fn new(cfg: &NotifierConfig, metrics: &Metrics) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.webhook_timeout)
+            .build()?;
+        Ok(Self {
+            http,
+            cfg: cfg.clone(),
+            webhook_ok: metrics.records("channel:webhook", "delivered"),
+            log_ok: metrics.records("channel:log", "delivered"),
+            retries: metrics.retries("webhook"),
+        })
+    }
+
+    async fn webhook(&self, n: &Notification) -> Result<(), ProcessError> {
+        if self.cfg.webhook_url.is_empty() {
+            return Err(ProcessError::poison(
+                "no_webhook_configured",
+                "app.webhook_url is empty",
+            ));
+        }
+        let mut delay = self.cfg.retry_initial;
+        let mut last = String::new();
+        for attempt in 1..=self.cfg.attempts {
+            let sent = self
+                .http
+                .post(&self.cfg.webhook_url)
+                .header("Idempotency-Key", &n.event_id)
+                .header("X-Fleet-Recipient", &n.recipient)
+                .json(&WebhookBody::of(n))
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    self.webhook_ok.inc();
+                    return Ok(());
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retryable = status.is_server_error()
+                        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                        || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                    if !retryable {
+                        return Err(ProcessError::poison(
+                            "webhook_rejected",
+                            format!("{} answered {status}", self.cfg.webhook_url),
+                        ));
+                    }
+                    last = format!("HTTP {status}");
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if attempt < self.cfg.attempts {
+                self.retries.inc();
+                tracing::warn!(notification = %n.event_id, attempt, error = %last, "webhook delivery failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(self.cfg.retry_max);
+            }
+        }
+        Err(ProcessError::poison(
+            "webhook_failed",
+            format!(
+                "{} attempts to {} failed; last: {last}",
+                self.cfg.attempts, self.cfg.webhook_url
+            ),
+        ))
+    }
+}
+
+impl Processor for Notifier {
+    type Input = Notification;
+
+    async fn process(
+        &mut self,
+        input: &Input<'_, Notification>,
+        _out: &mut Outputs,
+    ) -> Result<(), ProcessError> {
+        let n = &input.record;
+        match n.channel {
+            Channel::Webhook => self.webhook(n).await,
+            Channel::Log => {
+                tracing::info!(recipient = %n.recipient, vehicle = %n.vehicle_id, severity = ?n.severity, subject = %n.subject, body = %n.body, "notification");
+                self.log_ok.inc();
+                Ok(())
+            }
+            Channel::Email | Channel::Sms => Err(ProcessError::poison(
+                "unsupported_channel",
+                format!("channel {:?} is not implemented", n.channel),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
