@@ -94,12 +94,8 @@ async fn main() -> anyhow::Result<()> {
         "uplink stopped"
     );
     if let Some(r) = down_result {
-        let s = r.context("downlink")?;
-        tracing::info!(
-            sent = s.processed,
-            dead_lettered = s.dead_lettered,
-            "downlink stopped"
-        );
+        // The downlink's run loop logs its own summary.
+        r.context("downlink")?;
     }
     Ok(())
 }

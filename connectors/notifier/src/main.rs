@@ -22,13 +22,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the runtime")?;
     let notifier = Notifier::new(&config.app, &runtime.metrics).context("HTTP client")?;
-    let summary = runtime
+    // The run loop logs its summary when it stops.
+    runtime
         .run(notifier, &[config.app.input_topic.as_str()], token)
         .await?;
-    tracing::info!(
-        delivered = summary.processed,
-        dead_lettered = summary.dead_lettered,
-        "stopped cleanly"
-    );
     Ok(())
 }

@@ -41,13 +41,9 @@ async fn main() -> anyhow::Result<()> {
         commands,
         &runtime.metrics,
     );
-    let summary = runtime
+    // The run loop logs its summary when it stops.
+    runtime
         .run(processor, &[config.app.input_topic.as_str()], token)
         .await?;
-    tracing::info!(
-        processed = summary.processed,
-        dead_lettered = summary.dead_lettered,
-        "stopped cleanly"
-    );
     Ok(())
 }

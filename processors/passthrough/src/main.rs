@@ -27,13 +27,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("registering the output schema")?;
     let processor = Passthrough::new(&config.app.output_topic, encoder);
-    let summary = runtime
+    // The run loop logs its summary when it stops.
+    runtime
         .run(processor, &[config.app.input_topic.as_str()], token)
         .await?;
-    tracing::info!(
-        processed = summary.processed,
-        dead_lettered = summary.dead_lettered,
-        "stopped cleanly"
-    );
     Ok(())
 }

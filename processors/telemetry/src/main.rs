@@ -31,13 +31,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("registering the WindowAggregate schema")?;
     let processor = Telemetry::new(&config.app, &runtime.group_id(), encoder, store)?;
-    let summary = runtime
+    // The run loop logs its summary when it stops.
+    runtime
         .run(processor, &[config.app.input_topic.as_str()], token)
         .await?;
-    tracing::info!(
-        processed = summary.processed,
-        dead_lettered = summary.dead_lettered,
-        "stopped cleanly"
-    );
     Ok(())
 }
