@@ -477,6 +477,18 @@ fn text_id(id: Option<String>, field: &str) -> Result<Option<String>, Rejection>
     }
 }
 
+/// The device's `eventId`, or a UUID derived from the vehicle, the kind and the exact payload
+/// text, so that a re-sent message keeps its id.
+fn event_id(
+    given: Option<String>,
+    vehicle_id: &str,
+    kind: Kind,
+    text: &str,
+) -> Result<String, Rejection> {
+    Ok(text_id(given, "eventId")?
+        .unwrap_or_else(|| ids::derived_id(&[vehicle_id, kind.as_str(), text])))
+}
+
 fn telemetry(
     text: &str,
     who: &Identity<'_>,
@@ -494,8 +506,7 @@ fn telemetry(
     let accel_mps2 = ranged(p.acceleration, "acceleration", -100.0..=100.0)?;
     let odometer_km = ranged(p.odometer, "odometer", 0.0..=f64::MAX)?;
     let battery_v = ranged(p.battery, "battery", 0.0..=100.0)?;
-    let event_id = text_id(p.event_id, "eventId")?
-        .unwrap_or_else(|| ids::derived_id(&[&vehicle_id, Kind::Telemetry.as_str(), text]));
+    let event_id = event_id(p.event_id, &vehicle_id, Kind::Telemetry, text)?;
     Ok(TelemetryReading {
         event_id,
         vehicle_id,
@@ -597,8 +608,7 @@ fn emergency(
         (Some(d), false) => Some(format!("{d} [{}]", notes.join("; "))),
         (None, false) => Some(format!("[{}]", notes.join("; "))),
     };
-    let event_id = text_id(p.event_id, "eventId")?
-        .unwrap_or_else(|| ids::derived_id(&[&vehicle_id, Kind::Emergency.as_str(), text]));
+    let event_id = event_id(p.event_id, &vehicle_id, Kind::Emergency, text)?;
     Ok(EmergencyEvent {
         event_id,
         vehicle_id,
@@ -649,8 +659,7 @@ fn delivery(
     let position = parse_position(p.location, "location")?;
     let destination = parse_position(p.destination, "destination")?;
     let destination_radius_m = ranged(p.destination_radius, "destinationRadius", 0.0..=100_000.0)?;
-    let event_id = text_id(p.event_id, "eventId")?
-        .unwrap_or_else(|| ids::derived_id(&[&vehicle_id, Kind::Delivery.as_str(), text]));
+    let event_id = event_id(p.event_id, &vehicle_id, Kind::Delivery, text)?;
     Ok(DeliveryEvent {
         event_id,
         delivery_id,
