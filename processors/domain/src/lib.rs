@@ -11,6 +11,11 @@
 //! * [`KeyedWindows`]: the open windows of every vehicle of one partition; closes them as the
 //!   watermark passes their end; late readings are reported, not aggregated.
 //! * [`geo`]: geodesy through the `geo` crate.
+//! * [`route`]: [`route::RouteCorridor`], cross-track and along-track distance from a planned
+//!   route.
+//! * [`rules`]: per-vehicle anomaly rules with duration and hysteresis, a statistical
+//!   detector, geofences, route deviation, silence and correlation.
+//! * [`incident`]: the emergency fast lane's severity policy.
 //!
 //! ## Design
 //! Binaries map their records to [`Sample`]s, feed them with the partition's watermark, and
@@ -21,6 +26,8 @@ mod aggregate;
 pub mod geo;
 pub mod incident;
 mod keyed;
+pub mod route;
+pub mod rules;
 mod watermark;
 mod window;
 
@@ -35,4 +42,10 @@ pub enum DomainError {
     /// A window definition that cannot work.
     #[error("invalid window: {0}")]
     InvalidWindow(String),
+    /// A planned route that cannot work.
+    #[error("invalid route: {0}")]
+    InvalidRoute(String),
+    /// A vehicle profile that cannot work.
+    #[error("invalid profile: {0}")]
+    InvalidProfile(String),
 }
