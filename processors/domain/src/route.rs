@@ -6,10 +6,11 @@
 //!
 //! ## Design
 //! Finding the closest segment is the hot part (every reading of every routed vehicle). It is
-//! done on a local equirectangular projection (a few multiplications per segment), then only
-//! the candidate segments whose planar distance is within 1 % (+ 1 m) of the best are measured
-//! exactly on the sphere (haversine distances and bearings through `geo`). The projection's
-//! error over one segment is far below that margin for road-scale segments (tens of km).
+//! done on a local equirectangular projection (a few multiplications per segment), visiting
+//! chunks of 16 segments nearest bounding box first and skipping chunks whose box is farther
+//! than the best segment found; then the best segment and its two neighbours (corners) are
+//! measured exactly on the sphere (haversine distances and bearings through `geo`). The
+//! projection's error is far below road-scale distances between distinct route legs.
 //!
 //! ```
 //! use fleet_domain::route::RouteCorridor;
@@ -23,7 +24,6 @@
 //! ```
 
 use geo::{Bearing, Distance, Haversine, Point};
-use serde::{Deserialize, Serialize};
 
 use crate::DomainError;
 
@@ -42,12 +42,30 @@ pub struct Located {
 }
 
 /// A planned route: a polyline of (lat, lon) waypoints in degrees.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteCorridor {
     points: Vec<(f64, f64)>,
+    /// The points in radians (lat, lon), for the planar pass.
+    radians: Vec<(f64, f64)>,
     /// Cumulative haversine length at each waypoint, metres.
     cumulative_m: Vec<f64>,
+    /// Groups of consecutive segments with their bounding boxes.
+    chunks: Vec<Chunk>,
 }
+
+/// Segments `first..last` (segment i joins points i and i + 1) and their bounding box, radians.
+#[derive(Debug, Clone, PartialEq)]
+struct Chunk {
+    first: usize,
+    last: usize,
+    lat_min: f64,
+    lat_max: f64,
+    lon_min: f64,
+    lon_max: f64,
+}
+
+/// Segments per chunk.
+const CHUNK: usize = 16;
 
 impl RouteCorridor {
     /// A route through `points` (lat, lon in degrees); at least two valid points.
@@ -75,8 +93,33 @@ impl RouteCorridor {
             total += crate::geo::haversine_m(w[0].0, w[0].1, w[1].0, w[1].1);
             cumulative_m.push(total);
         }
+        let radians: Vec<(f64, f64)> = points
+            .iter()
+            .map(|(lat, lon)| (lat.to_radians(), lon.to_radians()))
+            .collect();
+        let segments = points.len() - 1;
+        let chunks = (0..segments)
+            .step_by(CHUNK)
+            .map(|first| {
+                let last = (first + CHUNK).min(segments);
+                let pts = &radians[first..=last];
+                let fold = |f: fn(f64, f64) -> f64, g: fn(&(f64, f64)) -> f64, init| {
+                    pts.iter().map(g).fold(init, f)
+                };
+                Chunk {
+                    first,
+                    last,
+                    lat_min: fold(f64::min, |p| p.0, f64::INFINITY),
+                    lat_max: fold(f64::max, |p| p.0, f64::NEG_INFINITY),
+                    lon_min: fold(f64::min, |p| p.1, f64::INFINITY),
+                    lon_max: fold(f64::max, |p| p.1, f64::NEG_INFINITY),
+                }
+            })
+            .collect();
         Ok(Self {
             points: points.to_vec(),
+            radians,
+            chunks,
             cumulative_m,
         })
     }
@@ -93,38 +136,67 @@ impl RouteCorridor {
 
     /// Cross-track and along-track distance of (lat, lon) from the route.
     pub fn locate(&self, lat: f64, lon: f64) -> Located {
-        // Planar pass: equirectangular projection centred on the query point.
-        let k = lat.to_radians().cos();
-        let project = |(plat, plon): (f64, f64)| {
-            let mut dlon = plon - lon;
-            if dlon > 180.0 {
-                dlon -= 360.0;
-            } else if dlon < -180.0 {
-                dlon += 360.0;
+        use std::f64::consts::{PI, TAU};
+        // Planar pass: equirectangular projection centred on the query point, in radians.
+        let (lat0, lon0) = (lat.to_radians(), lon.to_radians());
+        let k = lat0.cos();
+        let wrap = |mut dlon: f64| {
+            if dlon > PI {
+                dlon -= TAU;
+            } else if dlon < -PI {
+                dlon += TAU;
             }
-            (dlon.to_radians() * k * R, (plat - lat).to_radians() * R)
+            dlon
         };
-        let mut best = f64::INFINITY;
-        let mut planar = Vec::new();
-        let mut prev = project(self.points[0]);
-        for &p in &self.points[1..] {
-            let next = project(p);
-            let d = point_segment_planar(prev, next);
-            best = best.min(d);
-            planar.push(d);
-            prev = next;
+        let project = |(plat, plon): (f64, f64)| (wrap(plon - lon0) * k, plat - lat0);
+        // Chunks of segments with a bounding box: a chunk whose box is farther than the best
+        // segment so far cannot hold a closer one. The nearest box is searched first.
+        let bound = |c: &Chunk| {
+            let dy = (c.lat_min - lat0).max(lat0 - c.lat_max).max(0.0);
+            let dx = if c.lon_max - c.lon_min > PI {
+                0.0 // spans the antimeridian: no cheap bound
+            } else {
+                let (a, b) = (wrap(c.lon_min - lon0), wrap(c.lon_max - lon0));
+                if a <= 0.0 && b >= 0.0 {
+                    0.0
+                } else {
+                    a.abs().min(b.abs()) * k
+                }
+            };
+            (dx * dx + dy * dy).sqrt()
+        };
+        let first = self
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (bound(c), i))
+            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a })
+            .1;
+        let mut best = (f64::INFINITY, 0usize);
+        let order = std::iter::once(first).chain((0..self.chunks.len()).filter(|&i| i != first));
+        for ci in order {
+            let c = &self.chunks[ci];
+            if bound(c) > best.0 {
+                continue;
+            }
+            let mut prev = project(self.radians[c.first]);
+            for i in c.first..c.last {
+                let next = project(self.radians[i + 1]);
+                let d = point_segment_planar(prev, next);
+                if d < best.0 {
+                    best = (d, i);
+                }
+                prev = next;
+            }
         }
-        // Exact pass on the few candidates.
-        let limit = best * 1.01 + 1.0;
+        // Exact pass on the best planar segment and its neighbours (corners).
         let mut result = Located {
             cross_track_m: f64::INFINITY,
             along_track_m: 0.0,
             segment: 0,
         };
-        for (i, d) in planar.iter().enumerate() {
-            if *d > limit {
-                continue;
-            }
+        let segments = self.points.len() - 1;
+        for i in best.1.saturating_sub(1)..(best.1 + 2).min(segments) {
             let (xt, along) = spherical(self.points[i], self.points[i + 1], (lat, lon));
             if xt < result.cross_track_m {
                 result = Located {
@@ -143,7 +215,7 @@ impl RouteCorridor {
     }
 }
 
-/// Distance from the origin to segment a-b in the plane.
+/// Distance from the origin to segment a-b in the plane (same unit as the inputs).
 fn point_segment_planar(a: (f64, f64), b: (f64, f64)) -> f64 {
     let (dx, dy) = (b.0 - a.0, b.1 - a.1);
     let len2 = dx * dx + dy * dy;
@@ -256,6 +328,24 @@ mod tests {
                 prop_assert!(l.cross_track_m <= haversine_m(q.0, q.1, lat, lon) + 1.0);
             }
             prop_assert!(l.along_track_m >= 0.0 && l.along_track_m <= r.length_m() + 1.0);
+        }
+
+        /// The pruned search finds what a brute-force exact search over every segment finds,
+        /// on long zig-zag routes (many chunks).
+        #[test]
+        fn pruned_search_matches_brute_force(
+            pts in proptest::collection::vec((-1.0f64..1.0, -1.0f64..1.0), 2..120),
+            q in (-1.5f64..1.5, -1.5f64..1.5),
+        ) {
+            let pts: Vec<(f64, f64)> = pts.iter().enumerate()
+                .map(|(i, (a, b))| (4.0 + a + i as f64 * 0.01, -74.0 + b)).collect();
+            let r = RouteCorridor::new(&pts).unwrap();
+            let (lat, lon) = (4.6 + q.0, -74.0 + q.1);
+            let brute = (0..pts.len() - 1)
+                .map(|i| spherical(pts[i], pts[i + 1], (lat, lon)).0)
+                .fold(f64::INFINITY, f64::min);
+            let got = r.locate(lat, lon).cross_track_m;
+            prop_assert!((got - brute).abs() <= brute * 0.005 + 1.0, "{} vs {}", got, brute);
         }
 
         /// A point moved perpendicular off the middle of a north-south leg by d metres is d
