@@ -1,7 +1,8 @@
 //! The anomaly processor's domain step: every rule of one vehicle on one reading, over 10,000
-#![allow(clippy::field_reassign_with_default)]
 //! vehicles reporting every 2 s, each with a 200-waypoint planned route, two geofences and a
 //! cargo temperature range (the expensive profile: route deviation runs on every reading).
+#![allow(clippy::field_reassign_with_default)]
+
 use std::collections::HashMap;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
