@@ -129,9 +129,10 @@ record!(Notification, "fleet.notifications", key = recipient);
 record!(DeviceCommand, "fleet.commands", key = vehicle_id);
 record!(DeliveryEvent, "fleet.deliveries", key = delivery_id);
 record!(DeadLetter, "fleet.dlq", key = event_id);
+record!(VehicleProfile, "fleet.vehicle-profiles", key = vehicle_id);
 
 /// Every record's full name and schema text, for tools that register or list them all.
-pub fn all_schemas() -> [(&'static str, &'static str, &'static str); 8] {
+pub fn all_schemas() -> [(&'static str, &'static str, &'static str); 9] {
     fn entry<T: Record>() -> (&'static str, &'static str, &'static str) {
         (T::FULL_NAME, T::DEFAULT_TOPIC, T::SCHEMA_JSON)
     }
@@ -144,6 +145,7 @@ pub fn all_schemas() -> [(&'static str, &'static str, &'static str); 8] {
         entry::<DeviceCommand>(),
         entry::<DeliveryEvent>(),
         entry::<DeadLetter>(),
+        entry::<VehicleProfile>(),
     ]
 }
 

@@ -16,6 +16,7 @@
 //! | [`DeviceCommand`] | `fleet.commands` | `vehicle_id` |
 //! | [`DeliveryEvent`] | `fleet.deliveries` | `delivery_id` |
 //! | [`DeadLetter`] | `fleet.dlq` | source key |
+//! | [`VehicleProfile`] | `fleet.vehicle-profiles` (table) | `vehicle_id` |
 //!
 //! ## Design
 //! * Encoding serialises straight from the struct to Avro binary into a reusable buffer

@@ -484,3 +484,90 @@ pub struct DeadLetter {
     /// Dead-letter time.
     pub ingest_time: i64,
 }
+
+/// A point of a planned route.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Waypoint {
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lon: f64,
+}
+
+/// A circular geofence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeofenceCircle {
+    /// Identifier.
+    pub id: String,
+    /// Centre latitude, degrees.
+    pub lat: f64,
+    /// Centre longitude, degrees.
+    pub lon: f64,
+    /// Radius, metres.
+    pub radius_m: f64,
+    /// Whether stopping inside is planned.
+    #[serde(default)]
+    pub planned_stop: bool,
+}
+
+/// Why a contact is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ContactRole {
+    /// The vehicle's owner or customer.
+    Owner,
+    /// Police, ambulance, ...
+    Authority,
+    /// The operations room.
+    Operations,
+}
+
+/// Who is told about a vehicle's incidents and alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    /// Role.
+    pub role: ContactRole,
+    /// Channel.
+    pub channel: Channel,
+    /// Address (the notification's recipient).
+    pub address: String,
+}
+
+/// What the pipeline knows about one vehicle. Topic `fleet.vehicle-profiles` (a table), key =
+/// `vehicle_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VehicleProfile {
+    /// UUID of this version.
+    pub event_id: String,
+    /// Vehicle identifier; the Kafka key.
+    pub vehicle_id: String,
+    /// Publication time.
+    pub updated_at: i64,
+    /// Owning customer (tenant).
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    /// Lowest allowed cargo temperature, °C.
+    #[serde(default)]
+    pub cargo_temp_min_c: Option<f64>,
+    /// Highest allowed cargo temperature, °C.
+    #[serde(default)]
+    pub cargo_temp_max_c: Option<f64>,
+    /// Speed limit, km/h.
+    #[serde(default)]
+    pub speed_limit_kmh: Option<f64>,
+    /// Offline after this much silence, ms.
+    #[serde(default)]
+    pub offline_after_ms: Option<i64>,
+    /// Route corridor half-width, metres.
+    #[serde(default)]
+    pub route_corridor_m: Option<f64>,
+    /// Planned route.
+    #[serde(default)]
+    pub route: Vec<Waypoint>,
+    /// Geofences.
+    #[serde(default)]
+    pub geofences: Vec<GeofenceCircle>,
+    /// Contacts.
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+}

@@ -141,6 +141,42 @@ fn delivery() -> DeliveryEvent {
     }
 }
 
+fn profile() -> VehicleProfile {
+    VehicleProfile {
+        event_id: "5f0c1a52-2a9d-4c1e-9a51-000000000001".into(),
+        vehicle_id: "VEH-TEST-001".into(),
+        updated_at: 1_698_765_432_000,
+        customer_id: Some("acme".into()),
+        cargo_temp_min_c: Some(2.0),
+        cargo_temp_max_c: Some(8.0),
+        speed_limit_kmh: Some(90.0),
+        offline_after_ms: Some(120_000),
+        route_corridor_m: None,
+        route: vec![
+            Waypoint {
+                lat: 4.711,
+                lon: -74.0721,
+            },
+            Waypoint {
+                lat: 6.2442,
+                lon: -75.5812,
+            },
+        ],
+        geofences: vec![GeofenceCircle {
+            id: "depot-bog".into(),
+            lat: 4.711,
+            lon: -74.0721,
+            radius_m: 400.0,
+            planned_stop: true,
+        }],
+        contacts: vec![Contact {
+            role: ContactRole::Owner,
+            channel: Channel::Webhook,
+            address: "https://acme.example/hooks/fleet".into(),
+        }],
+    }
+}
+
 fn dead_letter() -> DeadLetter {
     DeadLetter {
         event_id: ids::random_id(),
@@ -196,6 +232,15 @@ async fn every_record_round_trips() {
     round_trip(command()).await;
     round_trip(delivery()).await;
     round_trip(dead_letter()).await;
+    round_trip(profile()).await;
+    round_trip(VehicleProfile {
+        route: vec![],
+        geofences: vec![],
+        contacts: vec![],
+        customer_id: None,
+        ..profile()
+    })
+    .await;
     let mut empty = dead_letter();
     empty.original = None;
     empty.source_key = None;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
@@ -187,6 +187,43 @@ impl TopicSpec {
     }
 }
 
+impl TopicSpec {
+    /// A table topic (latest value per key, read from the beginning): kept forever. Production
+    /// Kafka should compact it (`cleanup.policy=compact`); the local broker's compaction blocks
+    /// it for seconds at start-up, so the default keeps every version instead.
+    pub fn table(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            configs: vec![
+                ("cleanup.policy", "delete".into()),
+                ("retention.ms", "-1".into()),
+                ("retention.bytes", "-1".into()),
+            ],
+        }
+    }
+}
+
+/// A consumer for reading a whole topic as a table: no group offsets, assigned explicitly.
+pub fn table_consumer(cfg: &KafkaConfig) -> Result<BaseConsumer> {
+    let mut c = base(cfg);
+    c.set(
+        "group.id",
+        format!(
+            "fleet-table-{}-{}",
+            std::process::id(),
+            crate::metrics::now_ms()
+        ),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("enable.partition.eof", "false")
+    .set("statistics.interval.ms", "0")
+    .set("fetch.wait.max.ms", "500");
+    apply_options(&mut c, cfg);
+    Ok(c.create()?)
+}
+
 /// The default fleet topics with their partition counts (`fleet.telemetry` gets at least 12).
 pub fn fleet_topics(default_partitions: i32) -> Vec<TopicSpec> {
     let p = default_partitions;
@@ -198,7 +235,7 @@ pub fn fleet_topics(default_partitions: i32) -> Vec<TopicSpec> {
         TopicSpec::new("fleet.notifications", p),
         TopicSpec::new("fleet.commands", p),
         TopicSpec::new("fleet.deliveries", p),
-        TopicSpec::new("fleet.vehicle-profiles", p),
+        TopicSpec::table("fleet.vehicle-profiles", p),
         TopicSpec::new("fleet.dlq", p),
     ]
 }

@@ -12,6 +12,7 @@
 //!   `fleet.dlq`) -> [`Processor::process`] -> produce -> store the offset once every output is
 //!   acknowledged; timers; graceful drain on shutdown.
 //! * [`metrics`]: Prometheus `/metrics`, `/health/live`, `/health/ready`.
+//! * [`table`]: a topic read from the beginning as an in-memory table (vehicle profiles).
 //! * [`shutdown`]: SIGINT/SIGTERM -> cancellation token; a second signal exits at once.
 //!
 //! ## Delivery guarantee
@@ -44,6 +45,7 @@ pub mod metrics;
 mod outputs;
 pub mod runner;
 pub mod shutdown;
+pub mod table;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -51,3 +53,4 @@ pub use config::{Cli, Config, Section};
 pub use error::{Error, ProcessError, Result};
 pub use outputs::Outputs;
 pub use runner::{Input, Processor, RunSummary, Runtime};
+pub use table::Table;

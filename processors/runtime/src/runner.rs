@@ -109,6 +109,14 @@ pub trait Processor: Send {
         async { Ok(()) }
     }
 
+    /// Called, in order, once per successful [`Processor::on_tick`] call, when every output that tick
+    /// staged, and every output of every input consumed before it, is acknowledged. A processor
+    /// can make a snapshot taken at that tick durable here. Errors as in
+    /// [`Processor::on_durable`].
+    fn on_tick_durable(&mut self) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Partitions taken away from this instance by a rebalance: forget their state (their
     /// new owner rebuilds it from the stored offsets).
     fn on_revoke(&mut self, _partitions: &[(String, i32)]) {}
@@ -202,6 +210,24 @@ impl Runtime {
             dlq_topic: Arc::from(config.runner.dlq_topic.as_str()),
             dlq,
         })
+    }
+
+    /// Writes one dead letter to the dead-letter topic and waits for the broker's
+    /// acknowledgement (for rejections outside the run loop, e.g. a table record).
+    pub async fn dead_letter(&self, dl: &DeadLetter) -> Result<()> {
+        let payload = self.dlq.encode(dl)?;
+        let fut = kafka::send(
+            &self.producer,
+            &self.dlq_topic,
+            dl.source_key.as_deref(),
+            Some(&payload),
+        )
+        .await?;
+        match fut.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(Error::Kafka(e)),
+            Err(_) => Err(Error::Fatal("producer dropped a delivery".into())),
+        }
     }
 
     /// The consumer group: `kafka.group_id`, or the component name.
@@ -568,6 +594,13 @@ impl<P: Processor> Loop<'_, P> {
                         .inc();
                     }
                 }
+                if entry.source.is_none() {
+                    match self.processor.on_tick_durable().await {
+                        Ok(()) => {}
+                        Err(ProcessError::Fatal(m)) => return Err(Error::Fatal(m)),
+                        Err(e) => tracing::warn!(error = %e, "on_tick_durable failed"),
+                    }
+                }
                 self.rt.metrics.health.progress(now_ms());
                 self.set_in_flight();
                 Ok(Step::Continue)
@@ -618,9 +651,9 @@ impl<P: Processor> Loop<'_, P> {
                 return Ok(Step::Continue);
             }
         }
-        if !self.out.is_empty() {
-            self.enqueue(None, false).await?;
-        }
+        // Always an entry, empty or not: its settling tells the processor that this tick and
+        // everything before it is durable (`on_tick_durable`).
+        self.enqueue(None, false).await?;
         Ok(Step::Continue)
     }
 

@@ -235,6 +235,26 @@ pub trait StateStore: Send + Sync {
         partition: i32,
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
+    /// Saves a processor's state snapshot for (`group`, `topic`, `partition`) covering every
+    /// input below `next_offset`. Only moves forward: a snapshot with a lower `next_offset`
+    /// than the stored one is ignored (a stale owner after a rebalance cannot roll it back).
+    fn save_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+        state: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The snapshot saved for (`group`, `topic`, `partition`): its `next_offset` and bytes.
+    fn load_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> impl Future<Output = Result<Option<(i64, Vec<u8>)>>> + Send;
+
     /// Windows of `vehicle_id` starting in `[from_ms, to_ms)`, oldest first, unexpired.
     fn windows(
         &self,
@@ -338,6 +358,38 @@ impl StateStore for Store {
         match self {
             Store::Sqlite(s) => s.load_frontier(group, topic, partition).await,
             Store::Scylla(s) => s.load_frontier(group, topic, partition).await,
+        }
+    }
+
+    async fn save_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+        state: &[u8],
+    ) -> Result<()> {
+        match self {
+            Store::Sqlite(s) => {
+                s.save_checkpoint(group, topic, partition, next_offset, state)
+                    .await
+            }
+            Store::Scylla(s) => {
+                s.save_checkpoint(group, topic, partition, next_offset, state)
+                    .await
+            }
+        }
+    }
+
+    async fn load_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<(i64, Vec<u8>)>> {
+        match self {
+            Store::Sqlite(s) => s.load_checkpoint(group, topic, partition).await,
+            Store::Scylla(s) => s.load_checkpoint(group, topic, partition).await,
         }
     }
 

@@ -120,6 +120,8 @@ pub struct ScyllaStore {
     select_state: PreparedStatement,
     insert_window: PreparedStatement,
     select_frontier: PreparedStatement,
+    select_checkpoint: PreparedStatement,
+    insert_checkpoint: PreparedStatement,
     insert_frontier: PreparedStatement,
     insert_incident: PreparedStatement,
     select_incident: PreparedStatement,
@@ -217,6 +219,10 @@ impl ScyllaStore {
                  watermark bigint, PRIMARY KEY ((grp, topic, partition)))"
             ),
             format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (grp text, topic text, partition int, \
+                 next_offset bigint, state blob, PRIMARY KEY ((grp, topic, partition)))"
+            ),
+            format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.incidents (incident_id text PRIMARY KEY, \
                  vehicle_id text, kind text, severity text, status text, event_time bigint, \
                  recorded_at bigint, lat double, lon double, description text, notified_at bigint)"
@@ -278,6 +284,18 @@ impl ScyllaStore {
             ))
             .await
             .map_err(be)?;
+        let select_checkpoint = session
+            .prepare(format!(
+                "SELECT next_offset, state FROM {ks}.checkpoints WHERE grp = ? AND topic = ? AND partition = ?"
+            ))
+            .await
+            .map_err(be)?;
+        let insert_checkpoint = session
+            .prepare(format!(
+                "INSERT INTO {ks}.checkpoints (grp, topic, partition, next_offset, state) VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await
+            .map_err(be)?;
         let select_state = session
             .prepare(format!(
                 "SELECT {STATE_COLUMNS} FROM {ks}.vehicle_state WHERE vehicle_id = ?"
@@ -326,6 +344,8 @@ impl ScyllaStore {
             select_state,
             insert_window,
             select_frontier,
+            select_checkpoint,
+            insert_checkpoint,
             insert_frontier,
             insert_incident,
             select_incident,
@@ -496,6 +516,47 @@ impl StateStore for ScyllaStore {
             .map_err(be)?;
         let row: Option<(i64,)> = result.maybe_first_row().map_err(be)?;
         Ok(row.map(|r| r.0))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+        state: &[u8],
+    ) -> Result<()> {
+        // Forward only: one writer per partition (its Kafka owner), so read-then-write is safe.
+        if let Some((stored, _)) = self.load_checkpoint(group, topic, partition).await?
+            && stored > next_offset
+        {
+            return Ok(());
+        }
+        self.session
+            .execute_unpaged(
+                &self.insert_checkpoint,
+                (group, topic, partition, next_offset, state),
+            )
+            .await
+            .map_err(be)?;
+        Ok(())
+    }
+
+    async fn load_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<(i64, Vec<u8>)>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select_checkpoint, (group, topic, partition))
+            .await
+            .map_err(be)?
+            .into_rows_result()
+            .map_err(be)?;
+        let row: Option<(i64, Vec<u8>)> = result.maybe_first_row().map_err(be)?;
+        Ok(row)
     }
 
     async fn windows(

@@ -188,6 +188,54 @@ async fn rows_expire(store: &impl StateStore, ttl: Duration) {
     );
 }
 
+async fn checkpoints_round_trip_and_only_move_forward(store: &impl StateStore) {
+    assert_eq!(
+        store.load_checkpoint("g", "t", 1).await.expect("read"),
+        None
+    );
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    store
+        .save_checkpoint("g", "t", 1, 100, &big)
+        .await
+        .expect("write");
+    assert_eq!(
+        store.load_checkpoint("g", "t", 1).await.expect("read"),
+        Some((100, big.clone()))
+    );
+    store
+        .save_checkpoint("g", "t", 1, 50, b"stale")
+        .await
+        .expect("older ignored");
+    assert_eq!(
+        store
+            .load_checkpoint("g", "t", 1)
+            .await
+            .expect("read")
+            .map(|c| c.0),
+        Some(100)
+    );
+    store
+        .save_checkpoint("g", "t", 1, 150, b"newer")
+        .await
+        .expect("write");
+    store
+        .save_checkpoint("g", "t", 2, 7, b"")
+        .await
+        .expect("other partition");
+    assert_eq!(
+        store.load_checkpoint("g", "t", 1).await.expect("read"),
+        Some((150, b"newer".to_vec()))
+    );
+    assert_eq!(
+        store.load_checkpoint("g", "t", 2).await.expect("read"),
+        Some((7, vec![]))
+    );
+    assert_eq!(
+        store.load_checkpoint("h", "t", 1).await.expect("read"),
+        None
+    );
+}
+
 async fn frontiers_only_move_forward(store: &impl StateStore) {
     assert_eq!(store.load_frontier("g", "t", 3).await.expect("read"), None);
     store
@@ -306,6 +354,7 @@ async fn incidents_are_recorded_once_and_listed_per_vehicle(store: &impl StateSt
 async fn suite(store: &impl StateStore, ttl: Duration) {
     incidents_are_recorded_once_and_listed_per_vehicle(store).await;
     frontiers_only_move_forward(store).await;
+    checkpoints_round_trip_and_only_move_forward(store).await;
     newest_event_wins(store).await;
     windows_are_idempotent_and_range_queried(store).await;
     rows_expire(store, ttl).await;

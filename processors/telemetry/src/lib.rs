@@ -486,6 +486,24 @@ mod tests {
         async fn load_frontier(&self, g: &str, t: &str, p: i32) -> StateResult<Option<i64>> {
             self.inner.load_frontier(g, t, p).await
         }
+        async fn save_checkpoint(
+            &self,
+            g: &str,
+            t: &str,
+            p: i32,
+            next: i64,
+            state: &[u8],
+        ) -> StateResult<()> {
+            self.inner.save_checkpoint(g, t, p, next, state).await
+        }
+        async fn load_checkpoint(
+            &self,
+            g: &str,
+            t: &str,
+            p: i32,
+        ) -> StateResult<Option<(i64, Vec<u8>)>> {
+            self.inner.load_checkpoint(g, t, p).await
+        }
         async fn windows(&self, v: &str, f: i64, t: i64, now: i64) -> StateResult<Vec<WindowRow>> {
             self.inner.windows(v, f, t, now).await
         }
