@@ -26,8 +26,10 @@
 //! (`kafka.fetch_wait` = 25 ms unless configured); the only other work on the path is one read
 //! and one write of the state store.
 //!
-//! Recipients are configured per deployment (`owner_recipient` may contain `{vehicle_id}`); per
-//! vehicle contacts from `fleet.vehicle-profiles` are not wired in yet.
+//! Recipients: the vehicle's profile (`fleet.vehicle-profiles`, read as a table) names its OWNER
+//! and AUTHORITY contacts with their channels; for a vehicle without such contacts the
+//! configured `owner_recipient` (may contain `{vehicle_id}`) and `authorities_recipient` are
+//! used. The operations dashboard (`operations_recipient`, log channel) is told of every incident.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -35,10 +37,10 @@ use std::time::Duration;
 
 use fleet_domain::incident::{Cause, Level, Policy, Response};
 use fleet_runtime::metrics::{Metrics, now_ms};
-use fleet_runtime::{Input, Outputs, ProcessError, Processor};
+use fleet_runtime::{Input, Outputs, ProcessError, Processor, Table};
 use fleet_schemas::{
-    Channel, CommandKind, DeviceCommand, EmergencyEvent, EmergencyKind, Encoder, Notification,
-    Severity, ids,
+    Channel, CommandKind, ContactRole, DeviceCommand, EmergencyEvent, EmergencyKind, Encoder,
+    Notification, Severity, VehicleProfile, ids,
 };
 use fleet_state::{Incident, StateStore};
 use prometheus_client::metrics::counter::Counter;
@@ -55,6 +57,8 @@ fleet_runtime::config_section! {
         pub commands_topic: String = "fleet.commands".to_owned(),
         /// State store URL: sqlite://path (embedded) or scylla://host:port/keyspace.
         pub state_url: String = "sqlite://.fleet/state.db".to_owned(), env = "FLEET_STATE_URL",
+        /// Topic of VehicleProfile records, read as a table for contacts ("" = configured recipients only).
+        pub profiles_topic: String = "fleet.vehicle-profiles".to_owned(),
         /// Recipient of the owner's notification; `{vehicle_id}` is replaced.
         pub owner_recipient: String = "owner:{vehicle_id}".to_owned(),
         /// Recipient of the authorities' notification.
@@ -164,6 +168,7 @@ pub struct Emergency<S> {
     cfg: EmergencyConfig,
     channel: Channel,
     store: S,
+    profiles: Table<VehicleProfile>,
     notifications: (Arc<str>, Encoder<Notification>),
     commands: (Arc<str>, Encoder<DeviceCommand>),
     /// Per input partition: (offset, incident id) whose outputs are not yet acknowledged.
@@ -181,10 +186,11 @@ impl<S> std::fmt::Debug for Emergency<S> {
 }
 
 impl<S: StateStore> Emergency<S> {
-    /// Wires the processor.
+    /// Wires the processor; `profiles` supplies per-vehicle contacts.
     pub fn new(
         cfg: &EmergencyConfig,
         store: S,
+        profiles: Table<VehicleProfile>,
         notifications: Encoder<Notification>,
         commands: Encoder<DeviceCommand>,
         metrics: &Metrics,
@@ -200,6 +206,7 @@ impl<S: StateStore> Emergency<S> {
             channel: channel(&cfg.channel).unwrap_or(Channel::Webhook),
             cfg: cfg.clone(),
             store,
+            profiles,
             notifications: (Arc::from(cfg.notifications_topic.as_str()), notifications),
             commands: (Arc::from(cfg.commands_topic.as_str()), commands),
             unconfirmed: HashMap::new(),
@@ -266,16 +273,35 @@ impl<S: StateStore> Emergency<S> {
     ) -> Result<(), ProcessError> {
         let (ntopic, nenc) = &self.notifications;
         let mut recipients = vec![(self.cfg.operations_recipient.clone(), Channel::Log)];
+        let profile = self.profiles.get(&e.vehicle_id);
+        let contacts = |role: ContactRole| -> Vec<(String, Channel)> {
+            profile
+                .iter()
+                .flat_map(|p| p.contacts.iter())
+                .filter(|c| c.role == role)
+                .map(|c| (c.address.clone(), c.channel))
+                .collect()
+        };
         if response.owner {
-            recipients.push((
-                self.cfg
-                    .owner_recipient
-                    .replace("{vehicle_id}", &e.vehicle_id),
-                self.channel,
-            ));
+            let owners = contacts(ContactRole::Owner);
+            if owners.is_empty() {
+                recipients.push((
+                    self.cfg
+                        .owner_recipient
+                        .replace("{vehicle_id}", &e.vehicle_id),
+                    self.channel,
+                ));
+            } else {
+                recipients.extend(owners);
+            }
         }
         if response.authorities {
-            recipients.push((self.cfg.authorities_recipient.clone(), self.channel));
+            let authorities = contacts(ContactRole::Authority);
+            if authorities.is_empty() {
+                recipients.push((self.cfg.authorities_recipient.clone(), self.channel));
+            } else {
+                recipients.extend(authorities);
+            }
         }
         for (recipient, channel) in recipients {
             let n = self.notification(e, response, recipient, channel, now);

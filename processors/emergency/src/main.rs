@@ -4,7 +4,8 @@ use anyhow::Context;
 use fleet_emergency::{Emergency, EmergencyConfig};
 use fleet_runtime::config::KafkaConfig;
 use fleet_runtime::kafka::ProducerProfile;
-use fleet_runtime::{Runtime, shutdown};
+use fleet_runtime::{Runtime, Table, shutdown};
+use fleet_schemas::VehicleProfile;
 use fleet_state::{Store, StoreOptions};
 
 const NAME: &str = "emergency-processor";
@@ -32,11 +33,19 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::open(&config.app.state_url, StoreOptions::default())
         .await
         .with_context(|| format!("opening the state store {}", config.app.state_url))?;
+    let profiles = if config.app.profiles_topic.is_empty() {
+        Table::empty()
+    } else {
+        Table::start::<VehicleProfile, _>(&runtime, &config.app.profiles_topic, Ok, token.clone())
+            .await
+            .with_context(|| format!("loading profiles from {}", config.app.profiles_topic))?
+    };
     let notifications = runtime.encoder(&config.app.notifications_topic).await?;
     let commands = runtime.encoder(&config.app.commands_topic).await?;
     let processor = Emergency::new(
         &config.app,
         store,
+        profiles,
         notifications,
         commands,
         &runtime.metrics,

@@ -30,6 +30,10 @@ async fn store(dir: &tempfile::TempDir) -> Store {
 }
 
 fn processor(store: Store) -> Emergency<Store> {
+    processor_with(store, Table::empty())
+}
+
+fn processor_with(store: Store, profiles: Table<VehicleProfile>) -> Emergency<Store> {
     let cfg = EmergencyConfig {
         notifications_topic: "notif".into(),
         commands_topic: "cmd".into(),
@@ -38,6 +42,7 @@ fn processor(store: Store) -> Emergency<Store> {
     Emergency::new(
         &cfg,
         store,
+        profiles,
         Encoder::with_schema_id(NOTIF_ID),
         Encoder::with_schema_id(CMD_ID),
         &Metrics::new("test"),
@@ -258,4 +263,74 @@ fn config_levels_are_validated() {
         ..Default::default()
     };
     assert!(bad.validate().is_err());
+}
+
+#[tokio::test]
+async fn profile_contacts_replace_the_configured_recipients() {
+    use fleet_schemas::{Contact, ContactRole};
+    let dir = tempfile::tempdir().expect("tmp");
+    let profiles = Table::empty();
+    profiles.insert(
+        "VEH-7",
+        VehicleProfile {
+            event_id: "p".into(),
+            vehicle_id: "VEH-7".into(),
+            updated_at: 0,
+            customer_id: None,
+            cargo_temp_min_c: None,
+            cargo_temp_max_c: None,
+            speed_limit_kmh: None,
+            offline_after_ms: None,
+            route_corridor_m: None,
+            route: vec![],
+            geofences: vec![],
+            contacts: vec![
+                Contact {
+                    role: ContactRole::Owner,
+                    channel: Channel::Email,
+                    address: "boss@acme.example".into(),
+                },
+                Contact {
+                    role: ContactRole::Owner,
+                    channel: Channel::Sms,
+                    address: "+5710000000".into(),
+                },
+                Contact {
+                    role: ContactRole::Authority,
+                    channel: Channel::Webhook,
+                    address: "https://police.example/hook".into(),
+                },
+            ],
+        },
+    );
+    let mut p = processor_with(store(&dir).await, profiles);
+    let out = feed(
+        &mut p,
+        1,
+        emergency("e-7", "VEH-7", EmergencyKind::Crash, Severity::High),
+    )
+    .await;
+    let got: Vec<(&str, Channel)> = out
+        .notifications
+        .iter()
+        .map(|(k, n)| (k.as_str(), n.channel))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("operations", Channel::Log),
+            ("boss@acme.example", Channel::Email),
+            ("+5710000000", Channel::Sms),
+            ("https://police.example/hook", Channel::Webhook),
+        ]
+    );
+    // A vehicle without a profile still gets the configured recipients.
+    let out = feed(
+        &mut p,
+        2,
+        emergency("e-8", "VEH-8", EmergencyKind::Crash, Severity::High),
+    )
+    .await;
+    let got: Vec<&str> = out.notifications.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(got, ["operations", "owner:VEH-8", "authorities"]);
 }

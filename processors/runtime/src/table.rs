@@ -92,18 +92,33 @@ impl<V: Send + Sync + 'static> Table<V> {
         F: Fn(T) -> std::result::Result<V, String> + Send + 'static,
     {
         let table = Self::empty();
+        // The table's topic belongs to the pipeline: create it if missing (even when
+        // `kafka.create_topics` is off), so a fresh cluster starts with an empty table.
+        crate::kafka::ensure_topics(
+            &rt.kafka,
+            &[crate::kafka::TopicSpec::table(topic, rt.kafka.default_partitions)],
+        )
+        .await?;
         let consumer = crate::kafka::table_consumer(&rt.kafka)?;
         let consumer = Arc::new(consumer);
         // Partitions and end offsets (blocking librdkafka calls: off the async threads).
         let (c, t) = (consumer.clone(), topic.to_owned());
         let ends = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>> {
-            let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
-            let parts: Vec<i32> = md
-                .topics()
-                .iter()
-                .filter(|mt| mt.name() == t)
-                .flat_map(|mt| mt.partitions().iter().map(|p| p.id()))
-                .collect();
+            // A topic created a moment ago may not list its partitions yet.
+            let mut parts: Vec<i32> = Vec::new();
+            for _ in 0..20 {
+                let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
+                parts = md
+                    .topics()
+                    .iter()
+                    .filter(|mt| mt.name() == t)
+                    .flat_map(|mt| mt.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if !parts.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
             if parts.is_empty() {
                 return Err(Error::Config(format!("table topic {t} has no partitions")));
             }
