@@ -16,6 +16,7 @@
 //! target/release/fleet-loadtest passthrough --records 200000
 //! ```
 
+mod anomaly;
 mod mqtt;
 mod telemetry;
 
@@ -70,6 +71,18 @@ enum Scenario {
         /// Records of the backlog used to measure the maximum rate.
         #[arg(long, default_value_t = 200_000)]
         backlog: usize,
+        /// Write the JSON report here as well as to stdout.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// anomaly-processor's maximum rate on a backlog, with its CPU.
+    Anomaly {
+        /// Readings in the backlog.
+        #[arg(long, default_value_t = 300_000)]
+        records: usize,
+        /// Simulated vehicles.
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
         /// Write the JSON report here as well as to stdout.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -350,6 +363,19 @@ async fn passthrough(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.scenario {
+        Scenario::Anomaly {
+            records,
+            vehicles,
+            report,
+        } => {
+            let r = anomaly::run(records, vehicles.max(1)).await?;
+            let json = serde_json::to_string_pretty(&r)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
         Scenario::Telemetry {
             rate,
             duration,

@@ -87,7 +87,7 @@ struct CpuShare {
     loadtest_cores: f64,
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks (100 Hz on Linux).
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

@@ -96,7 +96,10 @@ impl<V: Send + Sync + 'static> Table<V> {
         // `kafka.create_topics` is off), so a fresh cluster starts with an empty table.
         crate::kafka::ensure_topics(
             &rt.kafka,
-            &[crate::kafka::TopicSpec::table(topic, rt.kafka.default_partitions)],
+            &[crate::kafka::TopicSpec::table(
+                topic,
+                rt.kafka.default_partitions,
+            )],
         )
         .await?;
         let consumer = crate::kafka::table_consumer(&rt.kafka)?;
