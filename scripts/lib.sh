@@ -57,8 +57,10 @@ need_apt() {
 
 # Build prerequisites of the workspace itself (rdkafka is built from source with cmake, with
 # OpenSSL for TLS and SASL; its bundled librdkafka 2.12 includes curl.h even with curl disabled).
+# python3: the notifier's e-mail tests talk to Python's standard-library SMTP server (smtpd,
+# still in Debian 12's Python 3.11).
 need_build_deps() {
-  need_apt build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev
+  need_apt build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev python3
 }
 
 # cargo_tool NAME VERSION CRATE [ARGS...]: cargo install into the cache, once per version.

@@ -9,8 +9,13 @@
 //!   capped exponential backoff up to `attempts` times, then dead-lettered
 //!   (`webhook_failed`); any other 4xx is dead-lettered at once (`webhook_rejected`).
 //! * `LOG`: written to the log (the operations dashboard's channel in the local stack).
-//! * `EMAIL`, `SMS`: not implemented yet: dead-lettered (`unsupported_channel`) so that they are
-//!   visible and replayable, never silently dropped.
+//! * `EMAIL`: sent through the SMTP relay at `smtp_url` ([`smtp`]: plain SMTP, one connection
+//!   per message, `Message-ID` derived from the notification's `event_id`); 4xx replies and
+//!   connection errors are retried like webhooks, then dead-lettered (`email_failed`), 5xx at
+//!   once (`email_rejected`); a recipient that is not an address goes to `invalid_recipient`;
+//!   with no `smtp_url`, `no_smtp_configured`.
+//! * `SMS`: not implemented (no gateway reachable here): dead-lettered
+//!   (`unsupported_channel`) so that they are visible and replayable, never silently dropped.
 //!
 //! ## Delivery guarantee
 //! At least once. The offset of a notification is stored only after it was delivered or its
@@ -34,7 +39,11 @@ fleet_runtime::config_section! {
         /// Endpoint receiving WEBHOOK notifications (the recipient is in the body and the
         /// X-Fleet-Recipient header). Empty: webhook notifications are dead-lettered.
         pub webhook_url: String = String::new(), env = "FLEET_NOTIFIER_WEBHOOK_URL",
-        /// Timeout of one webhook request.
+        /// SMTP relay for EMAIL notifications, smtp://host:port (plain, no auth). Empty: e-mails are dead-lettered.
+        pub smtp_url: String = String::new(), env = "FLEET_NOTIFIER_SMTP_URL",
+        /// Sender address of e-mails.
+        pub smtp_from: String = "fleetstream@localhost".to_owned(),
+        /// Timeout of one webhook request (and of one SMTP exchange).
         #[serde(with = "humantime_serde")]
         pub webhook_timeout: Duration = Duration::from_secs(5),
         /// Attempts per notification before it is dead-lettered.
@@ -54,8 +63,29 @@ fleet_runtime::config_section! {
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(fleet_runtime::Error::Config(format!("app.webhook_url {:?} must be http(s)://", c.webhook_url)));
         }
+        if !(c.smtp_url.is_empty() || c.smtp_url.starts_with("smtp://")) {
+            return Err(fleet_runtime::Error::Config(format!("app.smtp_url {:?} must be smtp://host:port", c.smtp_url)));
+        }
+        if !valid_address(&c.smtp_from) {
+            return Err(fleet_runtime::Error::Config(format!("app.smtp_from {:?} is not an e-mail address", c.smtp_from)));
+        }
         Ok(())
     }
+}
+
+pub mod smtp;
+
+/// Whether `a` looks like `local@domain` with nothing that could break an SMTP command or header.
+pub fn valid_address(a: &str) -> bool {
+    let Some((local, domain)) = a.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && a.len() <= 254
+        && a.chars().all(|c| {
+            c.is_ascii_graphic() && !matches!(c, '<' | '>' | '(' | ')' | ',' | ';' | '"' | '\\')
+        })
 }
 
 /// The JSON a webhook receives.
@@ -108,6 +138,7 @@ pub struct Notifier {
     http: reqwest::Client,
     cfg: NotifierConfig,
     webhook_ok: Counter,
+    email_ok: Counter,
     log_ok: Counter,
     retries: Counter,
 }
@@ -122,9 +153,65 @@ impl Notifier {
             http,
             cfg: cfg.clone(),
             webhook_ok: metrics.records("channel:webhook", "delivered"),
+            email_ok: metrics.records("channel:email", "delivered"),
             log_ok: metrics.records("channel:log", "delivered"),
             retries: metrics.retries("webhook"),
         })
+    }
+
+    async fn email(&self, n: &Notification) -> Result<(), ProcessError> {
+        let Some(addr) = self
+            .cfg
+            .smtp_url
+            .strip_prefix("smtp://")
+            .filter(|a| !a.is_empty())
+        else {
+            return Err(ProcessError::poison(
+                "no_smtp_configured",
+                "app.smtp_url is empty",
+            ));
+        };
+        if !valid_address(&n.recipient) {
+            return Err(ProcessError::poison(
+                "invalid_recipient",
+                format!("{:?} is not an e-mail address", n.recipient),
+            ));
+        }
+        let addr = addr.trim_end_matches('/');
+        let mail = smtp::Mail {
+            from: &self.cfg.smtp_from,
+            to: &n.recipient,
+            subject: &n.subject,
+            body: &n.body,
+            id: &n.event_id,
+        };
+        let mut delay = self.cfg.retry_initial;
+        let mut last = String::new();
+        for attempt in 1..=self.cfg.attempts {
+            match smtp::send(addr, &mail, self.cfg.webhook_timeout).await {
+                Ok(()) => {
+                    self.email_ok.inc();
+                    return Ok(());
+                }
+                Err(smtp::SmtpError::Permanent(m)) => {
+                    return Err(ProcessError::poison("email_rejected", m));
+                }
+                Err(smtp::SmtpError::Transient(m)) => last = m,
+            }
+            if attempt < self.cfg.attempts {
+                self.retries.inc();
+                tracing::warn!(notification = %n.event_id, attempt, error = %last, "e-mail delivery failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(self.cfg.retry_max);
+            }
+        }
+        Err(ProcessError::poison(
+            "email_failed",
+            format!(
+                "{} attempts to {addr} failed; last: {last}",
+                self.cfg.attempts
+            ),
+        ))
     }
 
     async fn webhook(&self, n: &Notification) -> Result<(), ProcessError> {
@@ -198,7 +285,8 @@ impl Processor for Notifier {
                 self.log_ok.inc();
                 Ok(())
             }
-            Channel::Email | Channel::Sms => Err(ProcessError::poison(
+            Channel::Email => self.email(n).await,
+            Channel::Sms => Err(ProcessError::poison(
                 "unsupported_channel",
                 format!("channel {:?} is not implemented", n.channel),
             )),

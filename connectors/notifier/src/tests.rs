@@ -164,7 +164,7 @@ async fn log_and_unsupported_channels() {
         seen.lock().expect("lock").is_empty(),
         "the log channel calls no webhook"
     );
-    let r = deliver(&mut n, notification(Channel::Email)).await;
+    let r = deliver(&mut n, notification(Channel::Sms)).await;
     assert_eq!(poison_reason(r), "unsupported_channel");
     let mut unconfigured = notifier("");
     let r = deliver(&mut unconfigured, notification(Channel::Webhook)).await;
@@ -187,4 +187,148 @@ fn config_is_validated() {
     ] {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
+}
+
+/// Python's standard-library SMTP server (`smtpd`, an independent implementation), on a free
+/// port: the first `fail_first` messages get `451`, recipients containing "reject" get `550`;
+/// accepted messages are appended to the returned file as JSON lines.
+struct SmtpServer {
+    child: std::process::Child,
+    addr: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const SMTPD: &str = r#"
+import asyncore, json, smtpd, sys, warnings
+warnings.simplefilter("ignore")
+port, log, fail_first = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+class S(smtpd.SMTPServer):
+    n = 0
+    def process_message(self, peer, mailfrom, rcpttos, data, **kw):
+        S.n += 1
+        if any("reject" in r for r in rcpttos):
+            return "550 no such user"
+        if S.n <= fail_first:
+            return "451 try again later"
+        with open(log, "a") as f:
+            f.write(json.dumps({"from": mailfrom, "to": rcpttos, "data": data.decode("utf-8")}) + "\n")
+S(("127.0.0.1", port), None, decode_data=False)
+print("ready", flush=True)
+asyncore.loop()
+"#;
+
+impl SmtpServer {
+    fn start(fail_first: u32) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("mail.jsonl");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let mut child = std::process::Command::new("python3")
+            .args(["-W", "ignore", "-c", SMTPD, &port.to_string()])
+            .arg(&log)
+            .arg(fail_first.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("read");
+        assert_eq!(line.trim(), "ready");
+        Self {
+            child,
+            addr: format!("smtp://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mailer(smtp_url: &str) -> Notifier {
+    let cfg = NotifierConfig {
+        smtp_url: smtp_url.to_owned(),
+        smtp_from: "alerts@fleet.example".into(),
+        attempts: 3,
+        retry_initial: Duration::from_millis(10),
+        retry_max: Duration::from_millis(40),
+        ..Default::default()
+    };
+    Notifier::new(&cfg, &Metrics::new("test")).expect("client")
+}
+
+fn email_to(recipient: &str) -> Notification {
+    Notification {
+        recipient: recipient.into(),
+        subject: "cargo_temperature: vehicle VEH-1".into(),
+        body: "Vehicle VEH-1: cargo temperature 9.5 °C (limit 8.0 °C).\n.\nend".into(),
+        ..notification(Channel::Email)
+    }
+}
+
+#[tokio::test]
+async fn email_goes_through_a_real_smtp_server_after_a_temporary_failure() {
+    let server = SmtpServer::start(1);
+    let mut n = mailer(&server.addr);
+    deliver(&mut n, email_to("cold-chain@acme.example"))
+        .await
+        .expect("delivered on the second attempt");
+    let got = server.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["from"], "alerts@fleet.example");
+    assert_eq!(got[0]["to"][0], "cold-chain@acme.example");
+    let data = got[0]["data"].as_str().expect("data");
+    assert!(data.contains("Message-ID: <n-1@fleetstream>"), "{data}");
+    assert!(
+        data.contains("Subject: cargo_temperature: vehicle VEH-1"),
+        "{data}"
+    );
+    // The server un-stuffs the dot line and keeps UTF-8 text.
+    assert!(data.contains("9.5 °C (limit 8.0 °C).\n.\nend"), "{data:?}");
+}
+
+#[tokio::test]
+async fn email_rejections_and_bad_addresses_are_dead_lettered() {
+    let server = SmtpServer::start(0);
+    let mut n = mailer(&server.addr);
+    assert_eq!(
+        poison_reason(deliver(&mut n, email_to("reject@acme.example")).await),
+        "email_rejected"
+    );
+    assert_eq!(
+        poison_reason(deliver(&mut n, email_to("owner:VEH-1")).await),
+        "invalid_recipient"
+    );
+    assert_eq!(
+        poison_reason(deliver(&mut n, email_to("a@b.example>\r\nRCPT TO:<x@y")).await),
+        "invalid_recipient"
+    );
+    assert!(server.received().is_empty());
+    let always_busy = SmtpServer::start(100);
+    let mut n = mailer(&always_busy.addr);
+    assert_eq!(
+        poison_reason(deliver(&mut n, email_to("ops@acme.example")).await),
+        "email_failed"
+    );
+    let mut unconfigured = mailer("");
+    assert_eq!(
+        poison_reason(deliver(&mut unconfigured, email_to("ops@acme.example")).await),
+        "no_smtp_configured"
+    );
 }
