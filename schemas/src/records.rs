@@ -314,6 +314,19 @@ pub enum Channel {
     Sms,
 }
 
+impl Channel {
+    /// Parses a configuration value: `log`, `webhook`, `email` or `sms` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "log" => Some(Channel::Log),
+            "webhook" => Some(Channel::Webhook),
+            "email" => Some(Channel::Email),
+            "sms" => Some(Channel::Sms),
+            _ => None,
+        }
+    }
+}
+
 /// A message for a person or a system. Topic `fleet.notifications`, key = `recipient`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {

@@ -114,7 +114,7 @@ fleet_runtime::config_section! {
         if notify_level(&c.notify_from).is_none() {
             return Err(fleet_runtime::Error::Config(format!("app.notify_from {:?}: use info, low, medium, high, critical or off", c.notify_from)));
         }
-        if channel(&c.channel).is_none() {
+        if Channel::parse(&c.channel).is_none() {
             return Err(fleet_runtime::Error::Config(format!("app.channel {:?}: use log, webhook, email or sms", c.channel)));
         }
         c.thresholds().validate().map_err(|e| fleet_runtime::Error::Config(format!("app: {e}")))?;
@@ -144,25 +144,10 @@ impl AnomalyConfig {
 
 /// `Some(None)` = off.
 fn notify_level(s: &str) -> Option<Option<Level>> {
-    Some(Some(match s.to_ascii_lowercase().as_str() {
-        "off" => return Some(None),
-        "info" => Level::Info,
-        "low" => Level::Low,
-        "medium" => Level::Medium,
-        "high" => Level::High,
-        "critical" => Level::Critical,
-        _ => return None,
-    }))
-}
-
-fn channel(s: &str) -> Option<Channel> {
-    match s.to_ascii_lowercase().as_str() {
-        "log" => Some(Channel::Log),
-        "webhook" => Some(Channel::Webhook),
-        "email" => Some(Channel::Email),
-        "sms" => Some(Channel::Sms),
-        _ => None,
+    if s.eq_ignore_ascii_case("off") {
+        return Some(None);
     }
+    Level::parse(s).map(Some)
 }
 
 fn severity(l: Level) -> Severity {
@@ -290,7 +275,7 @@ impl<S: StateStore> AnomalyProcessor<S> {
                 ..Default::default()
             }),
             notify_from: notify_level(&cfg.notify_from).flatten(),
-            channel: channel(&cfg.channel).unwrap_or(Channel::Webhook),
+            channel: Channel::parse(&cfg.channel).unwrap_or(Channel::Webhook),
             anomalies: (Arc::from(cfg.anomalies_topic.as_str()), encoders.anomalies),
             emergencies: (
                 Arc::from(cfg.emergencies_topic.as_str()),

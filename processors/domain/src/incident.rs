@@ -37,6 +37,20 @@ pub enum Level {
     Critical,
 }
 
+impl Level {
+    /// Parses a configuration value: `info`, `low`, `medium`, `high` or `critical` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "info" => Some(Level::Info),
+            "low" => Some(Level::Low),
+            "medium" => Some(Level::Medium),
+            "high" => Some(Level::High),
+            "critical" => Some(Level::Critical),
+            _ => None,
+        }
+    }
+}
+
 /// Thresholds of the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {

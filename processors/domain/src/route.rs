@@ -8,9 +8,11 @@
 //! Finding the closest segment is the hot part (every reading of every routed vehicle). It is
 //! done on a local equirectangular projection (a few multiplications per segment), visiting
 //! chunks of 16 segments nearest bounding box first and skipping chunks whose box is farther
-//! than the best segment found; then the best segment and its two neighbours (corners) are
-//! measured exactly on the sphere (haversine distances and bearings through `geo`). The
-//! projection's error is far below road-scale distances between distinct route legs.
+//! than the best segment found; then every segment within 5 % (+ 10 m + a bound of the
+//! projection's error, which grows with segment length) of the best planar distance is
+//! measured exactly on the sphere (haversine distances and bearings through
+//! `geo`), so near-ties between legs are decided exactly (a property test compares with a
+//! brute-force exact search).
 //!
 //! ```
 //! use fleet_domain::route::RouteCorridor;
@@ -51,6 +53,8 @@ pub struct RouteCorridor {
     cumulative_m: Vec<f64>,
     /// Groups of consecutive segments with their bounding boxes.
     chunks: Vec<Chunk>,
+    /// Longest segment, metres (bounds the planar pass's error).
+    max_segment_m: f64,
 }
 
 /// Segments `first..last` (segment i joins points i and i + 1) and their bounding box, radians.
@@ -116,7 +120,12 @@ impl RouteCorridor {
                 }
             })
             .collect();
+        let max_segment_m = cumulative_m
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .fold(0.0, f64::max);
         Ok(Self {
+            max_segment_m,
             points: points.to_vec(),
             radians,
             chunks,
@@ -189,21 +198,36 @@ impl RouteCorridor {
                 prev = next;
             }
         }
-        // Exact pass on the best planar segment and its neighbours (corners).
+        // Exact pass on every segment whose planar distance is within 5 % (+ 10 m + the
+        // projection's error bound) of the best: a great circle strays from the projected
+        // straight line by about L²/8R·tan(lat) over a segment of length L (well under a
+        // metre for road polylines, kilometres for 300 km legs), so near-ties are decided on
+        // the sphere.
+        let l = self.max_segment_m;
+        let error_m = l * l / R * (1.0 + lat0.tan().abs());
+        let limit = best.0 * 1.05 + (10.0 + error_m) / R;
         let mut result = Located {
             cross_track_m: f64::INFINITY,
             along_track_m: 0.0,
             segment: 0,
         };
-        let segments = self.points.len() - 1;
-        for i in best.1.saturating_sub(1)..(best.1 + 2).min(segments) {
-            let (xt, along) = spherical(self.points[i], self.points[i + 1], (lat, lon));
-            if xt < result.cross_track_m {
-                result = Located {
-                    cross_track_m: xt,
-                    along_track_m: self.cumulative_m[i] + along,
-                    segment: i,
-                };
+        for c in self.chunks.iter().filter(|c| bound(c) <= limit) {
+            let mut prev = project(self.radians[c.first]);
+            for i in c.first..c.last {
+                let next = project(self.radians[i + 1]);
+                let planar = point_segment_planar(prev, next);
+                prev = next;
+                if planar > limit {
+                    continue;
+                }
+                let (xt, along) = spherical(self.points[i], self.points[i + 1], (lat, lon));
+                if xt < result.cross_track_m {
+                    result = Located {
+                        cross_track_m: xt,
+                        along_track_m: self.cumulative_m[i] + along,
+                        segment: i,
+                    };
+                }
             }
         }
         result

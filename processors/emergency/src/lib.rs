@@ -82,35 +82,14 @@ fleet_runtime::config_section! {
     }
     validate(c) {
         for (k, v) in [("owner_from", &c.owner_from), ("authorities_from", &c.authorities_from), ("camera_from", &c.camera_from)] {
-            if level(v).is_none() {
+            if Level::parse(v).is_none() {
                 return Err(fleet_runtime::Error::Config(format!("app.{k} {v:?}: use info, low, medium, high or critical")));
             }
         }
-        if channel(&c.channel).is_none() {
+        if Channel::parse(&c.channel).is_none() {
             return Err(fleet_runtime::Error::Config(format!("app.channel {:?}: use log, webhook, email or sms", c.channel)));
         }
         Ok(())
-    }
-}
-
-fn level(s: &str) -> Option<Level> {
-    match s.to_ascii_lowercase().as_str() {
-        "info" => Some(Level::Info),
-        "low" => Some(Level::Low),
-        "medium" => Some(Level::Medium),
-        "high" => Some(Level::High),
-        "critical" => Some(Level::Critical),
-        _ => None,
-    }
-}
-
-fn channel(s: &str) -> Option<Channel> {
-    match s.to_ascii_lowercase().as_str() {
-        "log" => Some(Channel::Log),
-        "webhook" => Some(Channel::Webhook),
-        "email" => Some(Channel::Email),
-        "sms" => Some(Channel::Sms),
-        _ => None,
     }
 }
 
@@ -196,14 +175,14 @@ impl<S: StateStore> Emergency<S> {
         metrics: &Metrics,
     ) -> Self {
         let policy = Policy {
-            owner_from: level(&cfg.owner_from).unwrap_or(Level::Medium),
-            authorities_from: level(&cfg.authorities_from).unwrap_or(Level::High),
-            camera_from: level(&cfg.camera_from).unwrap_or(Level::High),
+            owner_from: Level::parse(&cfg.owner_from).unwrap_or(Level::Medium),
+            authorities_from: Level::parse(&cfg.authorities_from).unwrap_or(Level::High),
+            camera_from: Level::parse(&cfg.camera_from).unwrap_or(Level::High),
             ..Policy::default()
         };
         Self {
             policy,
-            channel: channel(&cfg.channel).unwrap_or(Channel::Webhook),
+            channel: Channel::parse(&cfg.channel).unwrap_or(Channel::Webhook),
             cfg: cfg.clone(),
             store,
             profiles,
