@@ -71,6 +71,33 @@ pub enum Severity {
     Critical,
 }
 
+/// The domain's severity levels are the records' severities, one for one.
+impl From<fleet_domain::incident::Level> for Severity {
+    fn from(l: fleet_domain::incident::Level) -> Self {
+        use fleet_domain::incident::Level;
+        match l {
+            Level::Info => Severity::Info,
+            Level::Low => Severity::Low,
+            Level::Medium => Severity::Medium,
+            Level::High => Severity::High,
+            Level::Critical => Severity::Critical,
+        }
+    }
+}
+
+impl From<Severity> for fleet_domain::incident::Level {
+    fn from(s: Severity) -> Self {
+        use fleet_domain::incident::Level;
+        match s {
+            Severity::Info => Level::Info,
+            Severity::Low => Level::Low,
+            Severity::Medium => Level::Medium,
+            Severity::High => Level::High,
+            Severity::Critical => Level::Critical,
+        }
+    }
+}
+
 /// One reading from a vehicle. Topic `fleet.telemetry`, key = `vehicle_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryReading {

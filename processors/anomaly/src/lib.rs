@@ -150,16 +150,6 @@ fn notify_level(s: &str) -> Option<Option<Level>> {
     Level::parse(s).map(Some)
 }
 
-fn severity(l: Level) -> Severity {
-    match l {
-        Level::Info => Severity::Info,
-        Level::Low => Severity::Low,
-        Level::Medium => Severity::Medium,
-        Level::High => Severity::High,
-        Level::Critical => Severity::Critical,
-    }
-}
-
 fn kind(r: Rule) -> AnomalyKind {
     match r {
         Rule::CargoTemperature => AnomalyKind::CargoTemperature,
@@ -357,7 +347,7 @@ impl<S: StateStore> AnomalyProcessor<S> {
         let now = now_ms();
         for a in self.alerts.drain(..) {
             let id = anomaly_id(vehicle, &a);
-            let sev = severity(a.level);
+            let sev = Severity::from(a.level);
             let message = a.message();
             let anomaly = Anomaly {
                 event_id: id.clone(),

@@ -102,26 +102,6 @@ fn cause(k: EmergencyKind) -> Cause {
     }
 }
 
-fn to_level(s: Severity) -> Level {
-    match s {
-        Severity::Info => Level::Info,
-        Severity::Low => Level::Low,
-        Severity::Medium => Level::Medium,
-        Severity::High => Level::High,
-        Severity::Critical => Level::Critical,
-    }
-}
-
-fn to_severity(l: Level) -> Severity {
-    match l {
-        Level::Info => Severity::Info,
-        Level::Low => Severity::Low,
-        Level::Medium => Severity::Medium,
-        Level::High => Severity::High,
-        Level::Critical => Severity::Critical,
-    }
-}
-
 fn kind_name(k: EmergencyKind) -> &'static str {
     match k {
         EmergencyKind::PanicButton => "PANIC_BUTTON",
@@ -203,7 +183,7 @@ impl<S: StateStore> Emergency<S> {
         now: i64,
     ) -> Notification {
         let kind = kind_name(e.kind);
-        let severity = to_severity(response.level);
+        let severity = Severity::from(response.level);
         let place = e
             .position
             .map(|p| format!(" at {:.5},{:.5}", p.lat, p.lon))
@@ -323,12 +303,12 @@ impl<S: StateStore> Processor for Emergency<S> {
             ));
         }
         let now = now_ms();
-        let response = self.policy.respond(cause(e.kind), to_level(e.severity));
+        let response = self.policy.respond(cause(e.kind), Level::from(e.severity));
         let incident = Incident {
             incident_id: e.event_id.clone(),
             vehicle_id: e.vehicle_id.clone(),
             kind: kind_name(e.kind).to_owned(),
-            severity: severity_name(to_severity(response.level)).to_owned(),
+            severity: severity_name(Severity::from(response.level)).to_owned(),
             status: "open".to_owned(),
             event_time: e.event_time,
             recorded_at: now,
