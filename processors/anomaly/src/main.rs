@@ -29,18 +29,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the state store {}", config.app.state_url))?;
     let defaults = config.app.thresholds();
-    let profiles = if config.app.profiles_topic.is_empty() {
-        Table::empty()
-    } else {
-        Table::start::<VehicleProfile, _>(
-            &runtime,
-            &config.app.profiles_topic,
-            move |p| profile_entry(p, &defaults),
-            token.clone(),
-        )
-        .await
-        .with_context(|| format!("loading profiles from {}", config.app.profiles_topic))?
-    };
+    let profiles = Table::start::<VehicleProfile, _>(
+        &runtime,
+        &config.app.profiles_topic,
+        move |p| profile_entry(p, &defaults),
+        token.clone(),
+    )
+    .await
+    .with_context(|| format!("loading profiles from {}", config.app.profiles_topic))?;
     let encoders = AnomalyEncoders {
         anomalies: runtime.encoder(&config.app.anomalies_topic).await?,
         emergencies: runtime.encoder(&config.app.emergencies_topic).await?,

@@ -33,13 +33,10 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::open(&config.app.state_url, StoreOptions::default())
         .await
         .with_context(|| format!("opening the state store {}", config.app.state_url))?;
-    let profiles = if config.app.profiles_topic.is_empty() {
-        Table::empty()
-    } else {
+    let profiles =
         Table::start::<VehicleProfile, _>(&runtime, &config.app.profiles_topic, Ok, token.clone())
             .await
-            .with_context(|| format!("loading profiles from {}", config.app.profiles_topic))?
-    };
+            .with_context(|| format!("loading profiles from {}", config.app.profiles_topic))?;
     let notifications = runtime.encoder(&config.app.notifications_topic).await?;
     let commands = runtime.encoder(&config.app.commands_topic).await?;
     let processor = Emergency::new(

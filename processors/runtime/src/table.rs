@@ -80,7 +80,8 @@ impl<V: Send + Sync + 'static> Table<V> {
 
     /// Loads `topic` of `T` records, converting each with `convert` (an `Err` is the
     /// dead-letter detail), and keeps following it until `shutdown`. Returns after the initial
-    /// load (everything up to the end offsets seen at start).
+    /// load (everything up to the end offsets seen at start). An empty `topic` (a binary
+    /// configured without the table) gives an empty table that never changes.
     pub async fn start<T, F>(
         rt: &Runtime,
         topic: &str,
@@ -92,6 +93,9 @@ impl<V: Send + Sync + 'static> Table<V> {
         F: Fn(T) -> std::result::Result<V, String> + Send + 'static,
     {
         let table = Self::empty();
+        if topic.is_empty() {
+            return Ok(table);
+        }
         // The table's topic belongs to the pipeline: create it if missing (even when
         // `kafka.create_topics` is off), so a fresh cluster starts with an empty table.
         crate::kafka::ensure_topics(
