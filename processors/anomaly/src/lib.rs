@@ -177,6 +177,15 @@ pub fn anomaly_id(vehicle: &str, a: &Alert) -> String {
     ])
 }
 
+/// The profile of `vehicle`, or the defaults.
+fn lookup(
+    profiles: &Table<ProfileEntry>,
+    default: &Arc<ProfileEntry>,
+    vehicle: &str,
+) -> Arc<ProfileEntry> {
+    profiles.get(vehicle).unwrap_or_else(|| default.clone())
+}
+
 /// What a partition's snapshot holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Snapshot {
@@ -287,9 +296,7 @@ impl<S: StateStore> AnomalyProcessor<S> {
     }
 
     fn profile(&self, vehicle: &str) -> Arc<ProfileEntry> {
-        self.profiles
-            .get(vehicle)
-            .unwrap_or_else(|| self.default_profile.clone())
+        lookup(&self.profiles, &self.default_profile, vehicle)
     }
 
     /// The partition's state, loading its snapshot the first time it is seen.
@@ -487,26 +494,23 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
 
     async fn on_tick(&mut self, now: i64, out: &mut Outputs) -> Result<(), ProcessError> {
         // Silence: every vehicle against its partition's watermark.
-        let mut raised: Vec<(String, Vec<Alert>)> = Vec::new();
+        let mut raised: Vec<(String, Arc<ProfileEntry>, Vec<Alert>)> = Vec::new();
         for part in self.parts.values_mut() {
             let Some(wm) = part.state.watermark.as_mut().and_then(|w| w.current(now)) else {
                 continue;
             };
             for (vehicle, rules) in part.state.vehicles.iter_mut() {
-                let entry = self
-                    .profiles
-                    .get(vehicle)
-                    .unwrap_or_else(|| self.default_profile.clone());
+                let entry = lookup(&self.profiles, &self.default_profile, vehicle);
                 let mut alerts = Vec::new();
                 if rules.check_silence(&entry.profile, wm, &mut alerts) {
                     part.dirty = true;
-                    raised.push((vehicle.clone(), alerts));
+                    raised.push((vehicle.clone(), entry, alerts));
                 }
             }
         }
-        for (vehicle, alerts) in raised {
-            let entry = self.profile(&vehicle);
-            self.alerts = alerts;
+        for (vehicle, entry, alerts) in raised {
+            self.alerts.clear();
+            self.alerts.extend(alerts);
             self.stage(&vehicle, &entry, None, None, out)?;
         }
         // Snapshots, made durable once this tick's entry settles.
