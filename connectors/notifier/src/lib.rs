@@ -185,33 +185,18 @@ impl Notifier {
             body: &n.body,
             id: &n.event_id,
         };
-        let mut delay = self.cfg.retry_initial;
-        let mut last = String::new();
-        for attempt in 1..=self.cfg.attempts {
+        self.with_retries(n, "e-mail", "email_failed", addr, || async {
             match smtp::send(addr, &mail, self.cfg.webhook_timeout).await {
-                Ok(()) => {
-                    self.email_ok.inc();
-                    return Ok(());
-                }
+                Ok(()) => Attempt::Delivered,
                 Err(smtp::SmtpError::Permanent(m)) => {
-                    return Err(ProcessError::poison("email_rejected", m));
+                    Attempt::Reject(ProcessError::poison("email_rejected", m))
                 }
-                Err(smtp::SmtpError::Transient(m)) => last = m,
+                Err(smtp::SmtpError::Transient(m)) => Attempt::Retry(m),
             }
-            if attempt < self.cfg.attempts {
-                self.retries.inc();
-                tracing::warn!(notification = %n.event_id, attempt, error = %last, "e-mail delivery failed; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(self.cfg.retry_max);
-            }
-        }
-        Err(ProcessError::poison(
-            "email_failed",
-            format!(
-                "{} attempts to {addr} failed; last: {last}",
-                self.cfg.attempts
-            ),
-        ))
+        })
+        .await?;
+        self.email_ok.inc();
+        Ok(())
     }
 
     async fn webhook(&self, n: &Notification) -> Result<(), ProcessError> {
@@ -221,52 +206,88 @@ impl Notifier {
                 "app.webhook_url is empty",
             ));
         }
-        let mut delay = self.cfg.retry_initial;
-        let mut last = String::new();
-        for attempt in 1..=self.cfg.attempts {
+        let url = &self.cfg.webhook_url;
+        self.with_retries(n, "webhook", "webhook_failed", url, || async {
             let sent = self
                 .http
-                .post(&self.cfg.webhook_url)
+                .post(url)
                 .header("Idempotency-Key", &n.event_id)
                 .header("X-Fleet-Recipient", &n.recipient)
                 .json(&WebhookBody::of(n))
                 .send()
                 .await;
             match sent {
-                Ok(resp) if resp.status().is_success() => {
-                    self.webhook_ok.inc();
-                    return Ok(());
-                }
+                Ok(resp) if resp.status().is_success() => Attempt::Delivered,
                 Ok(resp) => {
                     let status = resp.status();
                     let retryable = status.is_server_error()
                         || status == reqwest::StatusCode::REQUEST_TIMEOUT
                         || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
-                    if !retryable {
-                        return Err(ProcessError::poison(
+                    if retryable {
+                        Attempt::Retry(format!("HTTP {status}"))
+                    } else {
+                        Attempt::Reject(ProcessError::poison(
                             "webhook_rejected",
-                            format!("{} answered {status}", self.cfg.webhook_url),
-                        ));
+                            format!("{url} answered {status}"),
+                        ))
                     }
-                    last = format!("HTTP {status}");
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => Attempt::Retry(e.to_string()),
             }
-            if attempt < self.cfg.attempts {
+        })
+        .await?;
+        self.webhook_ok.inc();
+        Ok(())
+    }
+
+    /// Runs `attempt` up to `app.attempts` times with capped exponential backoff between
+    /// retryable failures. `Ok` once delivered; a rejection is returned at once; after the
+    /// last retryable failure, the dead letter `failed` naming `target` and the last error.
+    async fn with_retries<F, Fut>(
+        &self,
+        n: &Notification,
+        channel: &str,
+        failed: &'static str,
+        target: &str,
+        mut attempt: F,
+    ) -> Result<(), ProcessError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt>,
+    {
+        let mut delay = self.cfg.retry_initial;
+        let mut last = String::new();
+        for i in 1..=self.cfg.attempts {
+            match attempt().await {
+                Attempt::Delivered => return Ok(()),
+                Attempt::Reject(e) => return Err(e),
+                Attempt::Retry(m) => last = m,
+            }
+            if i < self.cfg.attempts {
                 self.retries.inc();
-                tracing::warn!(notification = %n.event_id, attempt, error = %last, "webhook delivery failed; retrying in {delay:?}");
+                tracing::warn!(notification = %n.event_id, attempt = i, error = %last, "{channel} delivery failed; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(self.cfg.retry_max);
             }
         }
         Err(ProcessError::poison(
-            "webhook_failed",
+            failed,
             format!(
-                "{} attempts to {} failed; last: {last}",
-                self.cfg.attempts, self.cfg.webhook_url
+                "{} attempts to {target} failed; last: {last}",
+                self.cfg.attempts
             ),
         ))
     }
+}
+
+/// The outcome of one delivery attempt.
+#[derive(Debug)]
+enum Attempt {
+    Delivered,
+    /// Worth another attempt (the reason).
+    Retry(String),
+    /// Not worth another attempt: the dead letter.
+    Reject(ProcessError),
 }
 
 impl Processor for Notifier {
