@@ -127,6 +127,9 @@ async fn main() -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    // The anomaly processor's defaults; a processor configured otherwise only differs in the
+    // values the profile leaves out.
+    let defaults = fleet_anomaly::AnomalyConfig::default().thresholds();
     let mut records = Vec::new();
     let mut errors = Vec::new();
     for p in parse(&text)? {
@@ -151,9 +154,6 @@ async fn main() -> anyhow::Result<()> {
             errors.push("a profile without a vehicle_id".to_owned());
             continue;
         }
-        // The anomaly processor's defaults; a processor configured otherwise only differs in
-        // the values the profile leaves out.
-        let defaults = fleet_anomaly::AnomalyConfig::default().thresholds();
         if let Err(e) = fleet_anomaly::profile_entry(record.clone(), &defaults) {
             errors.push(format!("{}: {e}", record.vehicle_id));
         }
