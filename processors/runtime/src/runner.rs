@@ -459,6 +459,44 @@ struct Loop<'r, P: Processor> {
     shutdown: CancellationToken,
 }
 
+/// Where a rejected Kafka record came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KafkaSource<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) payload: Option<&'a [u8]>,
+    /// The record's timestamp; the dead letter's event time (now when absent).
+    pub(crate) timestamp_ms: Option<i64>,
+}
+
+/// The dead letter of a rejected Kafka record: id derived from component and coordinates (the
+/// same on every replay), original key and bytes kept.
+pub(crate) fn kafka_dead_letter(
+    component: &str,
+    src: KafkaSource<'_>,
+    reason: &str,
+    detail: &str,
+) -> DeadLetter {
+    let now = now_ms();
+    let (partition, offset) = (src.partition.to_string(), src.offset.to_string());
+    DeadLetter {
+        event_id: ids::derived_id(&[component, src.topic, &partition, &offset]),
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        component: component.to_owned(),
+        source_system: "kafka".to_owned(),
+        source_topic: src.topic.to_owned(),
+        source_partition: Some(src.partition),
+        source_offset: Some(src.offset),
+        source_key: src.key.map(<[u8]>::to_vec),
+        original: src.payload.map(<[u8]>::to_vec),
+        event_time: src.timestamp_ms.unwrap_or(now),
+        ingest_time: now,
+    }
+}
+
 /// Dead letters logged individually per timer period.
 const DLQ_LOG_PER_TICK: u32 = 20;
 
@@ -741,23 +779,19 @@ impl<P: Processor> Loop<'_, P> {
         reason: &'static str,
         detail: &str,
     ) -> Result<()> {
-        let now = now_ms();
-        let partition = msg.partition().to_string();
-        let offset = msg.offset().to_string();
-        let dl = DeadLetter {
-            event_id: ids::derived_id(&[self.rt.component, msg.topic(), &partition, &offset]),
-            reason: reason.to_owned(),
-            detail: detail.to_owned(),
-            component: self.rt.component.to_owned(),
-            source_system: "kafka".to_owned(),
-            source_topic: msg.topic().to_owned(),
-            source_partition: Some(msg.partition()),
-            source_offset: Some(msg.offset()),
-            source_key: msg.key().map(<[u8]>::to_vec),
-            original: msg.payload().map(<[u8]>::to_vec),
-            event_time: msg.timestamp().to_millis().unwrap_or(now),
-            ingest_time: now,
-        };
+        let dl = kafka_dead_letter(
+            self.rt.component,
+            KafkaSource {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key(),
+                payload: msg.payload(),
+                timestamp_ms: msg.timestamp().to_millis(),
+            },
+            reason,
+            detail,
+        );
         self.rt.metrics.dead_letters(reason).inc();
         // Every dead letter is counted; at most DLQ_LOG_PER_TICK are logged per timer period so
         // that a flood of bad input cannot flood the log (the rest are summarised on the tick).

@@ -18,13 +18,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use fleet_schemas::{DeadLetter, Decoder, Record, ids};
+use fleet_schemas::{Decoder, Record};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::now_ms;
+use crate::runner::{KafkaSource, kafka_dead_letter};
 use crate::{Error, Result, Runtime};
 
 type Map<V> = HashMap<String, Arc<V>>;
@@ -286,26 +286,19 @@ where
                     "table record rejected; previous value kept"
                 );
                 self.rt.metrics.dead_letters(reason).inc();
-                let now = now_ms();
-                let dl = DeadLetter {
-                    event_id: ids::derived_id(&[
-                        self.rt.component,
-                        &self.topic,
-                        &m.partition.to_string(),
-                        &m.offset.to_string(),
-                    ]),
-                    reason: reason.to_owned(),
-                    detail,
-                    component: self.rt.component.to_owned(),
-                    source_system: "kafka".to_owned(),
-                    source_topic: self.topic.clone(),
-                    source_partition: Some(m.partition),
-                    source_offset: Some(m.offset),
-                    source_key: m.key.clone(),
-                    original: m.payload.clone(),
-                    event_time: now,
-                    ingest_time: now,
-                };
+                let dl = kafka_dead_letter(
+                    self.rt.component,
+                    KafkaSource {
+                        topic: &self.topic,
+                        partition: m.partition,
+                        offset: m.offset,
+                        key: m.key.as_deref(),
+                        payload: m.payload.as_deref(),
+                        timestamp_ms: None,
+                    },
+                    reason,
+                    &detail,
+                );
                 if let Err(e) = self.rt.dead_letter(&dl).await {
                     tracing::error!(error = %e, "dead letter of a table record not written");
                 }
