@@ -63,6 +63,22 @@ need_build_deps() {
   need_apt build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev python3
 }
 
+# A Python with pyarrow (an independent Parquet reader for the lake tests), in the cache.
+PYARROW_VERSION=21.0.0
+need_pyarrow() {
+  local venv="$FLEET_CACHE/venv"
+  local marker="$venv/.installed-pyarrow-$PYARROW_VERSION"
+  if [[ ! -f "$marker" ]]; then
+    need_apt python3-venv
+    log "installing pyarrow $PYARROW_VERSION into $venv (one time)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "pyarrow==$PYARROW_VERSION" >"$FLEET_CACHE/install-pyarrow.log" 2>&1 \
+      || die "pip install pyarrow failed; see $FLEET_CACHE/install-pyarrow.log"
+    touch "$marker"
+  fi
+  export FLEET_PYTHON="$venv/bin/python"
+}
+
 # cargo_tool NAME VERSION CRATE [ARGS...]: cargo install into the cache, once per version.
 cargo_tool() {
   local bin=$1 version=$2 crate=$3

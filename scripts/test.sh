@@ -34,6 +34,7 @@ if ((unit_only == 0)); then
     trap 'scripts/stack.sh down || true' EXIT
   fi
   features=(--features fleet-e2e/stack)
+  need_pyarrow
 fi
 
 log "building every binary (end-to-end tests run them as processes)"

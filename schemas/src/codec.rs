@@ -216,7 +216,7 @@ impl Registry {
     }
 
     /// The writer schema registered under `id` (cached after the first call).
-    async fn schema_by_id(&self, id: u32) -> Result<Schema> {
+    pub async fn schema_by_id(&self, id: u32) -> Result<Schema> {
         let schema = self.decoder.get_schema(id).await?;
         Ok(schema.parsed.clone())
     }

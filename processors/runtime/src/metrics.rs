@@ -234,7 +234,8 @@ impl Health {
         Ok(())
     }
 
-    pub(crate) fn progress(&self, now_ms: i64) {
+    /// Records progress at `now_ms` (binaries with their own loop call it).
+    pub fn progress(&self, now_ms: i64) {
         self.last_progress_ms.store(now_ms, Ordering::Relaxed);
     }
 

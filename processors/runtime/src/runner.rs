@@ -461,19 +461,24 @@ struct Loop<'r, P: Processor> {
 
 /// Where a rejected Kafka record came from.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct KafkaSource<'a> {
-    pub(crate) topic: &'a str,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-    pub(crate) key: Option<&'a [u8]>,
-    pub(crate) payload: Option<&'a [u8]>,
+pub struct KafkaSource<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Source key.
+    pub key: Option<&'a [u8]>,
+    /// Original bytes.
+    pub payload: Option<&'a [u8]>,
     /// The record's timestamp; the dead letter's event time (now when absent).
-    pub(crate) timestamp_ms: Option<i64>,
+    pub timestamp_ms: Option<i64>,
 }
 
 /// The dead letter of a rejected Kafka record: id derived from component and coordinates (the
 /// same on every replay), original key and bytes kept.
-pub(crate) fn kafka_dead_letter(
+pub fn kafka_dead_letter(
     component: &str,
     src: KafkaSource<'_>,
     reason: &str,

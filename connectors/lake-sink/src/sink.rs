@@ -1,0 +1,486 @@
+//! The `lake-sink` loop: Kafka records (Avro, any registered schema) -> Parquet in the lake.
+//!
+//! ```text
+//! recv -> (first record of a partition: recover it from the lake, skip what is committed)
+//!      -> split the wire header -> plan of the writer schema (registry, cached per id)
+//!      -> event time -> append to the open file of (time partition, schema)
+//!      -> [a file full / commit_interval passed / too many files open] -> commit the partition
+//! SIGTERM -> commit every partition -> commit Kafka offsets -> exit 0
+//! ```
+//!
+//! ## Delivery guarantee
+//! **Exactly once into the lake** (see [`crate::writer`] for the protocol): the committed
+//! position lives in the lake itself and moves atomically with the files, so after any crash a
+//! record is in exactly one committed data file. Rejected records (no wire header, unknown
+//! schema id, a schema without an Arrow mapping, a datum that does not decode) go to the
+//! dead-letter topic, acknowledged before the commit that passes their offset (at least once
+//! there, with ids derived from topic/partition/offset).
+//!
+//! One sink instance owns a partition at a time (Kafka consumer group). The writer is not
+//! fenced against a zombie instance that lost its partitions but is still committing; keep
+//! `kafka.session_timeout` above the time a commit takes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_runtime::Runtime;
+use fleet_runtime::kafka::{self, Consumer};
+use fleet_runtime::metrics::now_ms;
+use fleet_runtime::runner::{KafkaSource, kafka_dead_letter};
+use fleet_schemas::wire;
+use prometheus_client::metrics::counter::Counter;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::avro::Plan;
+use crate::lake::Lake;
+use crate::writer::{Due, FileLimits, PartitionWriter};
+
+fleet_runtime::config_section! {
+    /// lake-sink settings.
+    pub struct LakeSinkConfig {
+        /// Where the lake is: a directory (`/var/lib/lake`, `file:///var/lib/lake`) or
+        /// `s3://bucket/prefix` (endpoint and keys from FLEET_S3_ENDPOINT, FLEET_S3_ACCESS_KEY,
+        /// FLEET_S3_SECRET_KEY or the AWS_* variables).
+        pub lake_url: String = ".fleet/lake".to_owned(), env = "FLEET_LAKE_URL",
+        /// Topics to sink (Avro with the registry's wire format).
+        pub topics: Vec<String> = default_topics(),
+        /// Top-level field holding the event time (ms) that places a row in a time partition;
+        /// records without it use the Kafka timestamp.
+        pub event_time_field: String = "event_time".to_owned(),
+        /// Time partitions: "hour" (date=/hour=) or "day" (date=).
+        pub granularity: crate::layout::Granularity = crate::layout::Granularity::Hour,
+        /// A file is closed (and the partition committed) at this many rows.
+        pub max_file_rows: usize = 4_000_000,
+        /// ... or at about this many bytes of Parquet (files are held in memory until
+        /// uploaded with one PUT, so this also bounds memory per open file).
+        pub max_file_bytes: usize = 128 << 20,
+        /// Rows per Parquet row group.
+        pub row_group_rows: usize = 131_072,
+        /// zstd compression level.
+        pub zstd_level: i32 = 3,
+        /// Uncommitted input is committed after at most this long (bounds how stale the lake
+        /// is; longer means larger files at low rates).
+        #[serde(with = "humantime_serde")]
+        pub commit_interval: Duration = Duration::from_secs(300),
+        /// A partition is committed when it has more files open than this (late data spread
+        /// over many hours).
+        pub max_open_files: usize = 48,
+    }
+    validate(c) {
+        if c.topics.is_empty() {
+            return Err(fleet_runtime::Error::Config("app.topics is empty".into()));
+        }
+        if c.max_file_rows == 0 || c.max_file_bytes == 0 || c.row_group_rows == 0 {
+            return Err(fleet_runtime::Error::Config("file limits must be positive".into()));
+        }
+        if c.max_file_bytes > (4usize << 30) {
+            return Err(fleet_runtime::Error::Config(
+                "app.max_file_bytes above 4 GiB (one PUT, held in memory)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_topics() -> Vec<String> {
+    [
+        "fleet.telemetry",
+        "fleet.emergencies",
+        "fleet.anomalies",
+        "fleet.telemetry-windows",
+        "fleet.notifications",
+        "fleet.commands",
+        "fleet.deliveries",
+        "fleet.dlq",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+impl LakeSinkConfig {
+    /// File limits of this config.
+    pub fn limits(&self) -> FileLimits {
+        FileLimits {
+            max_rows: self.max_file_rows,
+            max_bytes: self.max_file_bytes,
+            row_group_rows: self.row_group_rows,
+            batch_rows: 8192.min(self.row_group_rows),
+            zstd_level: self.zstd_level,
+            granularity: self.granularity,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Rows committed to the lake.
+    pub rows: u64,
+    /// Files committed.
+    pub files: u64,
+    /// Records dead-lettered.
+    pub dead_letters: u64,
+    /// Records skipped because the lake already had them.
+    pub skipped: u64,
+}
+
+struct Counters {
+    rows: Counter,
+    dead: Counter,
+    skipped: Counter,
+    files: Counter,
+    bytes: Counter,
+    commits: Counter,
+    commit_failures: Counter,
+}
+
+/// A Kafka partition the sink is writing.
+struct Part {
+    writer: PartitionWriter,
+}
+
+/// The sink: one consumer, one writer per assigned partition.
+pub struct Sink<'a> {
+    rt: &'a Runtime,
+    cfg: LakeSinkConfig,
+    lake: Lake,
+    consumer: Arc<Consumer>,
+    revoked: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i32)>>,
+    parts: HashMap<(usize, i32), Part>,
+    topics: Vec<Arc<str>>,
+    plans: HashMap<(usize, u32), Result<Arc<Plan>, String>>,
+    counters: Counters,
+    summary: SinkSummary,
+}
+
+impl std::fmt::Debug for Sink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("lake", &self.lake.url())
+            .field("partitions", &self.parts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Sink<'a> {
+    /// Subscribes to the configured topics.
+    pub fn new(rt: &'a Runtime, cfg: LakeSinkConfig, lake: Lake) -> fleet_runtime::Result<Self> {
+        let (tx, revoked) = tokio::sync::mpsc::unbounded_channel();
+        let consumer = kafka::consumer(&rt.kafka, &rt.group_id(), rt.metrics.clone(), Some(tx))?;
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let m = &rt.metrics;
+        let counters = Counters {
+            rows: m.records("lake", "rows"),
+            dead: m.records("lake", "dead_lettered"),
+            skipped: m.records("lake", "already_committed"),
+            files: m.outputs("lake.files"),
+            bytes: m.outputs("lake.bytes"),
+            commits: m.records("lake", "commits"),
+            commit_failures: m.retries("lake_commit"),
+        };
+        tracing::info!(lake = lake.url(), ?topics, group = %rt.group_id(), "sinking");
+        Ok(Self {
+            rt,
+            topics: cfg.topics.iter().map(|t| Arc::from(t.as_str())).collect(),
+            cfg,
+            lake,
+            consumer: Arc::new(consumer),
+            revoked,
+            parts: HashMap::new(),
+            plans: HashMap::new(),
+            counters,
+            summary: SinkSummary::default(),
+        })
+    }
+
+    /// Runs until `shutdown`; then commits every partition and returns.
+    pub async fn run(mut self, shutdown: CancellationToken) -> fleet_runtime::Result<SinkSummary> {
+        // The loop borrows its own handle, so a received message can be handled in place
+        // (no copy of each payload).
+        let consumer = self.consumer.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(parts) = self.revoked.recv() => {
+                    let parts: Vec<(String, i32)> = parts;
+                    self.on_revoke(&parts);
+                }
+                _ = tick.tick() => self.on_tick(false).await?,
+                msg = consumer.recv() => match msg {
+                    Ok(m) => self.on_message(&m).await?,
+                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                },
+            }
+        }
+        tracing::info!("shutting down: committing every partition");
+        self.on_tick(true).await?;
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(e) => tracing::info!(error = %e, "final Kafka offset commit (a hint only)"),
+        }
+        tracing::info!(summary = ?self.summary, "lake-sink stopped");
+        Ok(self.summary)
+    }
+
+    fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|t| &**t == topic)
+    }
+
+    fn on_revoke(&mut self, parts: &[(String, i32)]) {
+        for (topic, partition) in parts {
+            if let Some(t) = self.topic_index(topic)
+                && let Some(p) = self.parts.remove(&(t, *partition))
+                && p.writer.pending()
+            {
+                tracing::info!(
+                    topic,
+                    partition,
+                    rows = p.writer.pending_rows(),
+                    "partition revoked: uncommitted rows dropped (its new owner re-reads them)"
+                );
+            }
+        }
+    }
+
+    async fn on_tick(&mut self, all: bool) -> fleet_runtime::Result<()> {
+        let now = now_ms();
+        let interval = i64::try_from(self.cfg.commit_interval.as_millis()).unwrap_or(i64::MAX);
+        let due: Vec<(usize, i32)> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| {
+                if all {
+                    p.writer.pending()
+                } else {
+                    p.writer
+                        .due(now, interval, self.cfg.max_open_files)
+                        .is_some()
+                }
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            self.commit(key).await?;
+        }
+        self.rt.metrics.health.progress(now);
+        Ok(())
+    }
+
+    async fn commit(&mut self, key: (usize, i32)) -> fleet_runtime::Result<()> {
+        let Some(part) = self.parts.get_mut(&key) else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        match part.writer.commit(&self.lake).await {
+            Ok((next, stats)) => {
+                self.counters.commits.inc();
+                self.counters.rows.inc_by(stats.rows as u64);
+                self.counters.files.inc_by(stats.files as u64);
+                self.counters.bytes.inc_by(stats.bytes as u64);
+                self.summary.rows += stats.rows as u64;
+                self.summary.files += stats.files as u64;
+                tracing::debug!(
+                    topic = &*self.topics[key.0],
+                    partition = key.1,
+                    next_offset = next,
+                    files = stats.files,
+                    rows = stats.rows,
+                    bytes = stats.bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "committed"
+                );
+                let mut tpl = TopicPartitionList::with_capacity(1);
+                tpl.add_partition_offset(&self.topics[key.0], key.1, Offset::Offset(next))
+                    .and_then(|()| self.consumer.store_offsets(&tpl))
+                    .unwrap_or_else(
+                        |e| tracing::debug!(error = %e, "storing the Kafka offset hint failed"),
+                    );
+            }
+            Err(e) => {
+                self.counters.commit_failures.inc();
+                tracing::warn!(
+                    error = %e,
+                    topic = &*self.topics[key.0],
+                    partition = key.1,
+                    "lake commit failed; retrying on the next tick"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> fleet_runtime::Result<()> {
+        let Some(t) = self.topic_index(msg.topic()) else {
+            return Ok(());
+        };
+        let key = (t, msg.partition());
+        let offset = msg.offset();
+        if !self.parts.contains_key(&key) {
+            let writer = self.recover(t, msg.partition()).await?;
+            let next = writer.next_offset();
+            self.parts.insert(key, Part { writer });
+            if offset + 10_000 < next {
+                tracing::info!(
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    from = offset,
+                    to = next,
+                    "seeking past records already in the lake"
+                );
+                if let Err(e) = self.consumer.seek(
+                    msg.topic(),
+                    msg.partition(),
+                    Offset::Offset(next),
+                    Duration::from_secs(5),
+                ) {
+                    tracing::warn!(error = %e, "seek failed; skipping records one by one");
+                }
+            }
+        }
+        let now = now_ms();
+        let part = self.parts.get_mut(&key).expect("inserted above");
+        if part.writer.is_committed(offset) {
+            self.counters.skipped.inc();
+            self.summary.skipped += 1;
+            return Ok(());
+        }
+        let Some(payload) = msg.payload() else {
+            // A tombstone carries no row.
+            part.writer.skip(offset, now);
+            return Ok(());
+        };
+        let (schema_id, datum) = match wire::split(payload) {
+            Ok(x) => x,
+            Err(e) => return self.reject(key, msg, "bad_framing", &e.to_string()).await,
+        };
+        let plan = match self.plan(t, schema_id).await? {
+            Ok(p) => p,
+            Err(why) => return self.reject(key, msg, "unsupported_schema", &why).await,
+        };
+        let event_time = match plan.event_time(datum) {
+            Ok(Some(t)) => t,
+            Ok(None) => msg.timestamp().to_millis().unwrap_or(now),
+            Err(e) => return self.reject(key, msg, "undecodable", &e.to_string()).await,
+        };
+        let part = self.parts.get_mut(&key).expect("inserted above");
+        match part.writer.append(&plan, datum, offset, event_time, now) {
+            Ok(Some(Due::Size)) => self.commit(key).await?,
+            Ok(_) => {}
+            Err(e) => return self.reject(key, msg, "undecodable", &e.to_string()).await,
+        }
+        Ok(())
+    }
+
+    async fn recover(&self, t: usize, partition: i32) -> fleet_runtime::Result<PartitionWriter> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match PartitionWriter::recover(
+                &self.lake,
+                &self.topics[t],
+                partition,
+                self.cfg.limits(),
+            )
+            .await
+            {
+                Ok(w) => {
+                    tracing::info!(
+                        topic = &*self.topics[t],
+                        partition,
+                        next_offset = w.next_offset(),
+                        "partition recovered from the lake"
+                    );
+                    return Ok(w);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = &*self.topics[t], partition, "recovering the partition's lake state failed; retrying");
+                    self.counters.commit_failures.inc();
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// The plan for a writer schema id: `Err(reason)` when the schema cannot be sunk; registry
+    /// outages are retried here (the record waits).
+    async fn plan(
+        &mut self,
+        t: usize,
+        id: u32,
+    ) -> fleet_runtime::Result<Result<Arc<Plan>, String>> {
+        if let Some(p) = self.plans.get(&(t, id)) {
+            return Ok(p.clone());
+        }
+        let mut delay = Duration::from_millis(200);
+        let schema = loop {
+            match self.rt.registry.schema_by_id(id).await {
+                Ok(s) => break Ok(s),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, id, "schema registry unavailable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => break Err(format!("schema id {id}: {e}")),
+            }
+        };
+        let plan = schema.and_then(|s| {
+            Plan::compile(&s, &self.cfg.event_time_field)
+                .map(Arc::new)
+                .map_err(|e| format!("schema id {id}: {e}"))
+        });
+        self.plans.insert((t, id), plan.clone());
+        Ok(plan)
+    }
+
+    async fn reject(
+        &mut self,
+        key: (usize, i32),
+        msg: &BorrowedMessage<'_>,
+        reason: &str,
+        detail: &str,
+    ) -> fleet_runtime::Result<()> {
+        let dl = kafka_dead_letter(
+            self.rt.component,
+            KafkaSource {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key(),
+                payload: msg.payload(),
+                timestamp_ms: msg.timestamp().to_millis(),
+            },
+            reason,
+            detail,
+        );
+        tracing::warn!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason,
+            detail,
+            "record dead-lettered"
+        );
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.rt.dead_letter(&dl).await {
+            tracing::warn!(error = %e, "dead-letter produce failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        self.rt.metrics.dead_letters(reason).inc();
+        self.counters.dead.inc();
+        self.summary.dead_letters += 1;
+        if let Some(p) = self.parts.get_mut(&key) {
+            p.writer.skip(msg.offset(), now_ms());
+        }
+        Ok(())
+    }
+}
