@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
@@ -302,6 +301,3 @@ async fn merge(
     lake.delete(&journal_rel).await?;
     Ok(rows)
 }
-
-/// Shared handle type for query engines.
-pub type StoreRef = Arc<dyn object_store::ObjectStore>;

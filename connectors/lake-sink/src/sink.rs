@@ -448,19 +448,7 @@ impl<'a> Sink<'a> {
         reason: &str,
         detail: &str,
     ) -> fleet_runtime::Result<()> {
-        let dl = kafka_dead_letter(
-            self.rt.component,
-            KafkaSource {
-                topic: msg.topic(),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                key: msg.key(),
-                payload: msg.payload(),
-                timestamp_ms: msg.timestamp().to_millis(),
-            },
-            reason,
-            detail,
-        );
+        let dl = kafka_dead_letter(self.rt.component, KafkaSource::of(msg), reason, detail);
         tracing::warn!(
             topic = msg.topic(),
             partition = msg.partition(),

@@ -476,6 +476,20 @@ pub struct KafkaSource<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
+impl<'a> KafkaSource<'a> {
+    /// The coordinates, key, bytes and timestamp of a consumed record.
+    pub fn of<M: Message>(msg: &'a M) -> Self {
+        Self {
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key(),
+            payload: msg.payload(),
+            timestamp_ms: msg.timestamp().to_millis(),
+        }
+    }
+}
+
 /// The dead letter of a rejected Kafka record: id derived from component and coordinates (the
 /// same on every replay), original key and bytes kept.
 pub fn kafka_dead_letter(
@@ -784,19 +798,7 @@ impl<P: Processor> Loop<'_, P> {
         reason: &'static str,
         detail: &str,
     ) -> Result<()> {
-        let dl = kafka_dead_letter(
-            self.rt.component,
-            KafkaSource {
-                topic: msg.topic(),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                key: msg.key(),
-                payload: msg.payload(),
-                timestamp_ms: msg.timestamp().to_millis(),
-            },
-            reason,
-            detail,
-        );
+        let dl = kafka_dead_letter(self.rt.component, KafkaSource::of(msg), reason, detail);
         self.rt.metrics.dead_letters(reason).inc();
         // Every dead letter is counted; at most DLQ_LOG_PER_TICK are logged per timer period so
         // that a flood of bad input cannot flood the log (the rest are summarised on the tick).
