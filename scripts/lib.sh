@@ -7,6 +7,9 @@ FLEET_TOOLS="$FLEET_CACHE/tools"
 FLEET_STATE_DIR="${FLEET_STATE_DIR:-$FLEET_ROOT/.fleet}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLEET_CACHE/target}"
 export PATH="$FLEET_TOOLS/bin:$HOME/.cargo/bin:$PATH"
+# Incremental compilation only pays off in an editor loop; in the shared target dir it doubled
+# the size of the cache.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 TANSU_VERSION=0.6.0
 S3S_FS_VERSION=0.14.1
@@ -61,6 +64,26 @@ need_apt() {
 # still in Debian 12's Python 3.11).
 need_build_deps() {
   need_apt build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev python3
+  trim_target_dir
+}
+
+# The cargo target dir is a cache: artifacts of old dependency versions and feature sets pile
+# up in it. When it outgrows FLEET_TARGET_MAX_GB (default 30) or the disk has less than 10 GB
+# free, drop incremental state and then, if still needed, the debug build (a cold build follows).
+trim_target_dir() {
+  local dir="$CARGO_TARGET_DIR" max_kb=$((${FLEET_TARGET_MAX_GB:-30} * 1024 * 1024)) size free
+  [[ -d "$dir" ]] || return 0
+  size=$(du -sk "$dir" 2>/dev/null | cut -f1)
+  free=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if ((size > max_kb || free < 10 * 1024 * 1024)); then
+    log "target dir $dir holds $((size / 1024 / 1024)) GB, $((free / 1024 / 1024)) GB free: trimming"
+    rm -rf "$dir"/debug/incremental "$dir"/release/incremental
+    size=$(du -sk "$dir" 2>/dev/null | cut -f1)
+    free=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+    if ((size > max_kb || free < 10 * 1024 * 1024)); then
+      rm -rf "$dir"/debug
+    fi
+  fi
 }
 
 # A Python with pyarrow (an independent Parquet reader for the lake tests), in the cache.
