@@ -16,6 +16,10 @@
 //! * [`rules`]: per-vehicle anomaly rules with duration and hysteresis, a statistical
 //!   detector, geofences, route deviation, silence and correlation.
 //! * [`incident`]: the emergency fast lane's severity policy.
+//! * [`eta`]: ETA from the remaining distance along the planned route and a robust recent
+//!   moving speed, with a floor and a confidence.
+//! * [`delivery`]: a delivery's status, completion by destination geofence or driver, ETA and
+//!   late-delivery prediction.
 //!
 //! ## Design
 //! Binaries map their records to [`Sample`]s, feed them with the partition's watermark, and
@@ -23,6 +27,8 @@
 //! persist it with the offsets it covers.
 
 mod aggregate;
+pub mod delivery;
+pub mod eta;
 pub mod geo;
 pub mod incident;
 mod keyed;
