@@ -1,5 +1,5 @@
 # Builds every fleetstream binary; one image, the binary chosen by the service's command.
-FROM rust:1.89-bookworm AS build
+FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

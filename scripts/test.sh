@@ -37,8 +37,11 @@ if ((unit_only == 0)); then
   need_pyarrow
 fi
 
-log "building every binary (end-to-end tests run them as processes)"
-cargo build -q --workspace --bins
+log "building every binary and test (end-to-end tests run the binaries as processes)"
+# One invocation for binaries and tests, with the test features: the binaries are then built
+# against the same feature-unified dependencies as the tests (dev-dependencies enable extra
+# features), so heavy crates (DataFusion, Arrow, the scylla driver) compile once, not twice.
+cargo build -q --workspace --bins --tests "${features[@]}"
 
 log "doc tests"
 cargo test -q --workspace --doc

@@ -17,6 +17,8 @@
 //! ```
 
 mod anomaly;
+mod http;
+mod lake;
 mod mqtt;
 mod telemetry;
 
@@ -83,6 +85,42 @@ enum Scenario {
         /// Simulated vehicles.
         #[arg(long, default_value_t = 10_000)]
         vehicles: usize,
+        /// Write the JSON report here as well as to stdout.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// http-ingest's capacity: closed-loop clients posting batches of readings.
+    Http {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Readings per request.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Simulated vehicles.
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// Write the JSON report here as well as to stdout.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// lake-sink's rate on a backlog (Kafka -> Parquet files, committed), and its file sizes.
+    Lake {
+        /// Readings in the backlog.
+        #[arg(long, default_value_t = 2_000_000)]
+        records: usize,
+        /// Simulated vehicles.
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// The sink's app.max_file_rows.
+        #[arg(long, default_value_t = 100_000)]
+        max_file_rows: usize,
+        /// The sink's app.commit_interval, seconds.
+        #[arg(long, default_value_t = 10)]
+        commit_interval_s: u64,
         /// Write the JSON report here as well as to stdout.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -363,6 +401,36 @@ async fn passthrough(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.scenario {
+        Scenario::Http {
+            clients,
+            batch,
+            duration,
+            vehicles,
+            report,
+        } => {
+            let r = http::run(clients.max(1), batch.max(1), duration, vehicles.max(1)).await?;
+            let json = serde_json::to_string_pretty(&r)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Scenario::Lake {
+            records,
+            vehicles,
+            max_file_rows,
+            commit_interval_s,
+            report,
+        } => {
+            let r = lake::run(records, vehicles.max(1), max_file_rows, commit_interval_s).await?;
+            let json = serde_json::to_string_pretty(&r)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
         Scenario::Anomaly {
             records,
             vehicles,

@@ -118,6 +118,11 @@ async fn footer(lake: &Lake, f: &DataFile) -> Result<(u64, SchemaRef)> {
     Ok((u64::try_from(rows).unwrap_or(0), builder.schema().clone()))
 }
 
+/// Rows of one data file (from its Parquet footer).
+pub async fn file_rows(lake: &Lake, f: &DataFile) -> Result<u64> {
+    Ok(footer(lake, f).await?.0)
+}
+
 /// Every time partition of the given topics (all topics when empty) with files, rows, bytes.
 pub async fn list(
     lake: &Lake,

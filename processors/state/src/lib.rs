@@ -15,6 +15,8 @@
 //!   row with the greater `event_time` wins), so replays and out-of-order writes are harmless.
 //! * `vehicle_windows`: keyed by (vehicle, day of the window start, window start); writing the
 //!   same window again replaces it (idempotent upsert).
+//! * `deliveries`: one row per delivery (status, ETA, lateness, last position), replaced by
+//!   each write of its single writer; listed per vehicle.
 //! * Rows expire after their TTL (`vehicle_state` 7 days and `vehicle_windows` 30 days by
 //!   default); time is a parameter (`now_ms`), so expiry is testable.
 //!
@@ -187,6 +189,44 @@ pub struct Incident {
     pub notified_at: Option<i64>,
 }
 
+/// A delivery's current state, kept by the deliveries processor (one writer per delivery: the
+/// owner of its `fleet.deliveries` partition; every write replaces the row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRow {
+    /// Delivery id (the key).
+    pub delivery_id: String,
+    /// Vehicle carrying it.
+    pub vehicle_id: String,
+    /// Driver, if known.
+    pub driver_id: Option<String>,
+    /// `created`, `assigned`, `picked_up`, `in_transit`, `arrived`, `delivered`, `failed`, `cancelled`.
+    pub status: String,
+    /// Event time of the newest update or position applied (ms).
+    pub updated_at: i64,
+    /// Destination latitude.
+    pub dest_lat: Option<f64>,
+    /// Destination longitude.
+    pub dest_lon: Option<f64>,
+    /// Promised delivery time (ms).
+    pub promised_by: Option<i64>,
+    /// Estimated arrival (ms).
+    pub eta_ms: Option<i64>,
+    /// Confidence of the ETA, 0..1.
+    pub eta_confidence: Option<f64>,
+    /// Distance left (m).
+    pub remaining_m: Option<f64>,
+    /// Whether the ETA is past the promised time (beyond the grace).
+    pub late: bool,
+    /// Last known vehicle latitude.
+    pub last_lat: Option<f64>,
+    /// Last known vehicle longitude.
+    pub last_lon: Option<f64>,
+    /// When the vehicle delivered (ms).
+    pub delivered_at: Option<i64>,
+    /// `driver` or `geofence`.
+    pub completed_by: Option<String>,
+}
+
 /// Day number (days since the epoch) of a window start: the partition of `vehicle_windows`.
 pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
@@ -284,6 +324,24 @@ pub trait StateStore: Send + Sync {
         vehicle_id: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Incident>>> + Send;
+
+    /// Writes deliveries (each row replaces the stored one's values: idempotent). Writers
+    /// never clear a column: a `None` over a stored value may be kept or cleared by the
+    /// backend (CQL servers differ on null binds).
+    fn put_deliveries(&self, rows: &[DeliveryRow]) -> impl Future<Output = Result<()>> + Send;
+
+    /// One delivery by id.
+    fn delivery(
+        &self,
+        delivery_id: &str,
+    ) -> impl Future<Output = Result<Option<DeliveryRow>>> + Send;
+
+    /// Deliveries of `vehicle_id`, most recently updated first, at most `limit`.
+    fn deliveries_for_vehicle(
+        &self,
+        vehicle_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeliveryRow>>> + Send;
 }
 
 /// A store chosen by URL.
@@ -431,6 +489,31 @@ impl StateStore for Store {
         match self {
             Store::Sqlite(s) => s.incidents_for_vehicle(vehicle_id, limit).await,
             Store::Scylla(s) => s.incidents_for_vehicle(vehicle_id, limit).await,
+        }
+    }
+
+    async fn put_deliveries(&self, rows: &[DeliveryRow]) -> Result<()> {
+        match self {
+            Store::Sqlite(s) => s.put_deliveries(rows).await,
+            Store::Scylla(s) => s.put_deliveries(rows).await,
+        }
+    }
+
+    async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRow>> {
+        match self {
+            Store::Sqlite(s) => s.delivery(delivery_id).await,
+            Store::Scylla(s) => s.delivery(delivery_id).await,
+        }
+    }
+
+    async fn deliveries_for_vehicle(
+        &self,
+        vehicle_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>> {
+        match self {
+            Store::Sqlite(s) => s.deliveries_for_vehicle(vehicle_id, limit).await,
+            Store::Scylla(s) => s.deliveries_for_vehicle(vehicle_id, limit).await,
         }
     }
 }

@@ -23,7 +23,9 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::{Error, Incident, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of};
+use crate::{
+    DeliveryRow, Error, Incident, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of,
+};
 
 /// What the server's CQL dialect supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,71 @@ const WINDOW_COLUMNS: &str = "vehicle_id, day, window_start, window_end, count, 
 
 const INCIDENT_COLUMNS: &str = "incident_id, vehicle_id, kind, severity, status, event_time, \
     recorded_at, lat, lon, description, notified_at";
+
+const DELIVERY_COLUMNS: &str = "delivery_id, vehicle_id, driver_id, status, updated_at, \
+    dest_lat, dest_lon, promised_by, eta_ms, eta_confidence, remaining_m, late, last_lat, last_lon, \
+    delivered_at, completed_by";
+
+type DeliveryTuple = (
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<i64>,
+    Option<i64>,
+    Option<f64>,
+    Option<f64>,
+    bool,
+    Option<f64>,
+    Option<f64>,
+    Option<i64>,
+    Option<String>,
+);
+
+fn delivery_of(r: DeliveryTuple) -> DeliveryRow {
+    DeliveryRow {
+        delivery_id: r.0,
+        vehicle_id: r.1,
+        driver_id: r.2,
+        status: r.3,
+        updated_at: r.4,
+        dest_lat: r.5,
+        dest_lon: r.6,
+        promised_by: r.7,
+        eta_ms: r.8,
+        eta_confidence: r.9,
+        remaining_m: r.10,
+        late: r.11,
+        last_lat: r.12,
+        last_lon: r.13,
+        delivered_at: r.14,
+        completed_by: r.15,
+    }
+}
+
+fn delivery_tuple(d: &DeliveryRow) -> DeliveryTuple {
+    (
+        d.delivery_id.clone(),
+        d.vehicle_id.clone(),
+        d.driver_id.clone(),
+        d.status.clone(),
+        d.updated_at,
+        d.dest_lat,
+        d.dest_lon,
+        d.promised_by,
+        d.eta_ms,
+        d.eta_confidence,
+        d.remaining_m,
+        d.late,
+        d.last_lat,
+        d.last_lon,
+        d.delivered_at,
+        d.completed_by.clone(),
+    )
+}
 
 type IncidentRow = (
     String,
@@ -128,6 +195,10 @@ pub struct ScyllaStore {
     notify_incident: PreparedStatement,
     insert_incident_by_vehicle: PreparedStatement,
     select_incidents_by_vehicle: PreparedStatement,
+    insert_delivery: PreparedStatement,
+    select_delivery: PreparedStatement,
+    insert_delivery_by_vehicle: PreparedStatement,
+    select_deliveries_by_vehicle: PreparedStatement,
 }
 
 struct Target {
@@ -232,6 +303,19 @@ impl ScyllaStore {
                 "CREATE TABLE IF NOT EXISTS {ks}.incidents_by_vehicle (vehicle_id text, \
                  event_time bigint, incident_id text, PRIMARY KEY (vehicle_id, event_time, incident_id))"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.deliveries (delivery_id text PRIMARY KEY, \
+                 vehicle_id text, driver_id text, status text, updated_at bigint, dest_lat double, \
+                 dest_lon double, promised_by bigint, eta_ms bigint, eta_confidence double, \
+                 remaining_m double, late boolean, last_lat double, last_lon double, \
+                 delivered_at bigint, completed_by text)"
+            ),
+            // Deliveries per vehicle: one partition per vehicle (ordered client-side by the
+            // delivery rows' updated_at).
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.deliveries_by_vehicle (vehicle_id text, \
+                 delivery_id text, PRIMARY KEY (vehicle_id, delivery_id))"
+            ),
         ]);
         for q in ddl {
             session.query_unpaged(q, ()).await.map_err(be)?;
@@ -335,6 +419,31 @@ impl ScyllaStore {
             ))
             .await
             .map_err(be)?;
+        let insert_delivery = session
+            .prepare(format!(
+                "INSERT INTO {ks}.deliveries ({DELIVERY_COLUMNS}) VALUES ({})",
+                marks(16)
+            ))
+            .await
+            .map_err(be)?;
+        let select_delivery = session
+            .prepare(format!(
+                "SELECT {DELIVERY_COLUMNS} FROM {ks}.deliveries WHERE delivery_id = ?"
+            ))
+            .await
+            .map_err(be)?;
+        let insert_delivery_by_vehicle = session
+            .prepare(format!(
+                "INSERT INTO {ks}.deliveries_by_vehicle (vehicle_id, delivery_id) VALUES (?, ?)"
+            ))
+            .await
+            .map_err(be)?;
+        let select_deliveries_by_vehicle = session
+            .prepare(format!(
+                "SELECT delivery_id FROM {ks}.deliveries_by_vehicle WHERE vehicle_id = ?"
+            ))
+            .await
+            .map_err(be)?;
         Ok(Self {
             session: Arc::new(session),
             keyspace: t.keyspace,
@@ -352,6 +461,10 @@ impl ScyllaStore {
             notify_incident,
             insert_incident_by_vehicle,
             select_incidents_by_vehicle,
+            insert_delivery,
+            select_delivery,
+            insert_delivery_by_vehicle,
+            select_deliveries_by_vehicle,
         })
     }
 
@@ -683,6 +796,64 @@ impl StateStore for ScyllaStore {
         keys.truncate(limit);
         let reads = keys.iter().map(|(_, id)| self.incident(id));
         Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+    }
+
+    async fn put_deliveries(&self, rows: &[DeliveryRow]) -> Result<()> {
+        let writes = rows.iter().map(|d| async move {
+            self.session
+                .execute_unpaged(&self.insert_delivery, delivery_tuple(d))
+                .await
+                .map_err(be)?;
+            self.session
+                .execute_unpaged(
+                    &self.insert_delivery_by_vehicle,
+                    (d.vehicle_id.as_str(), d.delivery_id.as_str()),
+                )
+                .await
+                .map_err(be)
+        });
+        try_join_all(writes).await?;
+        Ok(())
+    }
+
+    async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRow>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select_delivery, (delivery_id,))
+            .await
+            .map_err(be)?
+            .into_rows_result()
+            .map_err(be)?;
+        let row: Option<DeliveryTuple> = result.maybe_first_row().map_err(be)?;
+        Ok(row.map(delivery_of))
+    }
+
+    async fn deliveries_for_vehicle(
+        &self,
+        vehicle_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select_deliveries_by_vehicle, (vehicle_id,))
+            .await
+            .map_err(be)?
+            .into_rows_result()
+            .map_err(be)?;
+        let ids: Vec<(String,)> = result
+            .rows::<(String,)>()
+            .map_err(be)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(be)?;
+        let reads = ids.iter().map(|(id,)| self.delivery(id));
+        let mut rows: Vec<DeliveryRow> = try_join_all(reads).await?.into_iter().flatten().collect();
+        rows.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| a.delivery_id.cmp(&b.delivery_id))
+        });
+        rows.truncate(limit);
+        Ok(rows)
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Error, Incident, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of};
+use crate::{
+    DeliveryRow, Error, Incident, Result, StateStore, StoreOptions, VehicleState, WindowRow, day_of,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS vehicle_state (
@@ -69,6 +71,25 @@ CREATE TABLE IF NOT EXISTS incidents (
     notified_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS incidents_by_vehicle ON incidents(vehicle_id, event_time);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id    TEXT PRIMARY KEY,
+    vehicle_id     TEXT NOT NULL,
+    driver_id      TEXT,
+    status         TEXT NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    dest_lat       REAL,
+    dest_lon       REAL,
+    promised_by    INTEGER,
+    eta_ms         INTEGER,
+    eta_confidence REAL,
+    remaining_m    REAL,
+    late           INTEGER NOT NULL,
+    last_lat       REAL,
+    last_lon       REAL,
+    delivered_at   INTEGER,
+    completed_by   TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_vehicle ON deliveries(vehicle_id, updated_at);
 CREATE INDEX IF NOT EXISTS vehicle_state_expiry ON vehicle_state(expires_at);
 CREATE INDEX IF NOT EXISTS vehicle_windows_expiry ON vehicle_windows(expires_at);
 ";
@@ -145,6 +166,31 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+const DELIVERY_COLUMNS: &str = "delivery_id, vehicle_id, driver_id, status, updated_at, \
+    dest_lat, dest_lon, promised_by, eta_ms, eta_confidence, remaining_m, late, last_lat, last_lon, \
+    delivered_at, completed_by";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        delivery_id: r.get(0)?,
+        vehicle_id: r.get(1)?,
+        driver_id: r.get(2)?,
+        status: r.get(3)?,
+        updated_at: r.get(4)?,
+        dest_lat: r.get(5)?,
+        dest_lon: r.get(6)?,
+        promised_by: r.get(7)?,
+        eta_ms: r.get(8)?,
+        eta_confidence: r.get(9)?,
+        remaining_m: r.get(10)?,
+        late: r.get(11)?,
+        last_lat: r.get(12)?,
+        last_lon: r.get(13)?,
+        delivered_at: r.get(14)?,
+        completed_by: r.get(15)?,
+    })
 }
 
 const INCIDENT_COLUMNS: &str = "incident_id, vehicle_id, kind, severity, status, event_time, \
@@ -487,6 +533,76 @@ impl StateStore for SqliteStore {
             ))?;
             let rows = stmt
                 .query_map(params![id, limit], incident_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+    async fn put_deliveries(&self, rows: &[DeliveryRow]) -> Result<()> {
+        let rows = rows.to_vec();
+        self.with(move |inner| {
+            let tx = inner.conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO deliveries ({DELIVERY_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                ))?;
+                for d in &rows {
+                    stmt.execute(params![
+                        d.delivery_id,
+                        d.vehicle_id,
+                        d.driver_id,
+                        d.status,
+                        d.updated_at,
+                        d.dest_lat,
+                        d.dest_lon,
+                        d.promised_by,
+                        d.eta_ms,
+                        d.eta_confidence,
+                        d.remaining_m,
+                        d.late,
+                        d.last_lat,
+                        d.last_lon,
+                        d.delivered_at,
+                        d.completed_by
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRow>> {
+        let id = delivery_id.to_owned();
+        self.with(move |inner| {
+            Ok(inner
+                .conn
+                .query_row(
+                    &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = ?1"),
+                    [&id],
+                    delivery_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn deliveries_for_vehicle(
+        &self,
+        vehicle_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>> {
+        let id = vehicle_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |inner| {
+            let mut stmt = inner.conn.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE vehicle_id = ?1 \
+                 ORDER BY updated_at DESC, delivery_id LIMIT ?2"
+            ))?;
+            let rows = stmt
+                .query_map(params![id, limit], delivery_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })

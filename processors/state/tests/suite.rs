@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use fleet_state::{Incident, StateStore, Store, StoreOptions, VehicleState, WindowRow};
+use fleet_state::{
+    DeliveryRow, Incident, StateStore, Store, StoreOptions, VehicleState, WindowRow,
+};
 
 fn state(id: &str, t: i64, lat: f64) -> VehicleState {
     VehicleState {
@@ -351,7 +353,85 @@ async fn incidents_are_recorded_once_and_listed_per_vehicle(store: &impl StateSt
     assert_eq!(store.incident("missing").await.unwrap(), None);
 }
 
+fn delivery(id: &str, vehicle: &str, updated_at: i64) -> DeliveryRow {
+    DeliveryRow {
+        delivery_id: id.to_owned(),
+        vehicle_id: vehicle.to_owned(),
+        driver_id: Some("DRV-1".into()),
+        status: "in_transit".into(),
+        updated_at,
+        dest_lat: Some(6.2442),
+        dest_lon: Some(-75.5812),
+        promised_by: Some(updated_at + 3_600_000),
+        eta_ms: Some(updated_at + 1_800_000),
+        eta_confidence: Some(0.8),
+        remaining_m: Some(12_345.5),
+        late: false,
+        last_lat: Some(5.0),
+        last_lon: None,
+        delivered_at: None,
+        completed_by: None,
+    }
+}
+
+async fn deliveries_are_replaced_and_listed_per_vehicle(store: &impl StateStore) {
+    let v = format!("VEH-D-{}", std::process::id());
+    let a = delivery(&format!("{v}-a"), &v, 1_000);
+    store
+        .put_deliveries(std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delivery(&a.delivery_id).await.unwrap(),
+        Some(a.clone())
+    );
+    // A later write replaces the row's values. (A `None` over a stored value is not part of
+    // the contract: kassandra treats a null bind as "unset"; the deliveries processor never
+    // clears a column.)
+    let mut done = a.clone();
+    done.status = "delivered".into();
+    done.updated_at = 5_000;
+    done.delivered_at = Some(5_000);
+    done.completed_by = Some("geofence".into());
+    done.eta_ms = Some(5_000);
+    done.late = true;
+    store
+        .put_deliveries(&[
+            done.clone(),
+            delivery(&format!("{v}-b"), &v, 3_000),
+            delivery("other-d", "VEH-OTHER", 9_000),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delivery(&a.delivery_id).await.unwrap(),
+        Some(done.clone())
+    );
+    let listed: Vec<String> = store
+        .deliveries_for_vehicle(&v, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.delivery_id)
+        .collect();
+    assert_eq!(
+        listed,
+        [format!("{v}-a"), format!("{v}-b")],
+        "most recently updated first"
+    );
+    assert_eq!(store.deliveries_for_vehicle(&v, 1).await.unwrap().len(), 1);
+    assert!(
+        store
+            .deliveries_for_vehicle("VEH-NONE", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.delivery("missing").await.unwrap(), None);
+}
+
 async fn suite(store: &impl StateStore, ttl: Duration) {
+    deliveries_are_replaced_and_listed_per_vehicle(store).await;
     incidents_are_recorded_once_and_listed_per_vehicle(store).await;
     frontiers_only_move_forward(store).await;
     checkpoints_round_trip_and_only_move_forward(store).await;

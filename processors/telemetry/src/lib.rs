@@ -526,6 +526,19 @@ mod tests {
         ) -> StateResult<Vec<fleet_state::Incident>> {
             self.inner.incidents_for_vehicle(v, limit).await
         }
+        async fn put_deliveries(&self, rows: &[fleet_state::DeliveryRow]) -> StateResult<()> {
+            self.inner.put_deliveries(rows).await
+        }
+        async fn delivery(&self, id: &str) -> StateResult<Option<fleet_state::DeliveryRow>> {
+            self.inner.delivery(id).await
+        }
+        async fn deliveries_for_vehicle(
+            &self,
+            v: &str,
+            limit: usize,
+        ) -> StateResult<Vec<fleet_state::DeliveryRow>> {
+            self.inner.deliveries_for_vehicle(v, limit).await
+        }
     }
 
     fn reading(vehicle: &str, t: i64) -> TelemetryReading {
