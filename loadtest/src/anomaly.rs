@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fleet_runtime::testkit;
-use fleet_schemas::{Encoder, Registry, TelemetryReading};
-use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
 use crate::mqtt::cpu_seconds;
@@ -31,27 +29,13 @@ pub(crate) struct AnomalyReport {
 }
 
 pub(crate) async fn run(records: usize, vehicles: usize) -> anyhow::Result<AnomalyReport> {
-    let registry = Registry::new(&testkit::registry_url())?;
     let input = testkit::random_name("load.anom.in");
     testkit::create_topic(&input, 12).await;
     let outputs = testkit::random_name("load.anom.out");
     testkit::create_topic(&outputs, 6).await;
-    let enc = Encoder::<TelemetryReading>::register(&registry, &input).await?;
-    let producer: FutureProducer = crate::producer_config(5).create()?;
-    let base = fleet_runtime::metrics::now_ms() - (records / vehicles) as i64 * 2_000;
-    crate::write_all(&producer, &input, &enc, records, |i| {
-        crate::reading_at(i, vehicles, base + (i / vehicles) as i64 * 2_000)
-    })
-    .await?;
-    eprintln!("{records} readings written to {input}");
+    crate::fleet_backlog(&input, records, vehicles).await?;
 
-    let bin = std::env::current_exe()?.with_file_name("anomaly-processor");
-    if !bin.exists() {
-        bail!(
-            "{} not built: cargo build --release -p fleet-anomaly",
-            bin.display()
-        );
-    }
+    let bin = crate::release_bin("anomaly-processor", "fleet-anomaly")?;
     let dir = std::env::temp_dir().join(testkit::random_name("load-anom-state"));
     std::fs::create_dir_all(&dir)?;
     let port = free_port();

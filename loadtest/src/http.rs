@@ -58,13 +58,7 @@ pub(crate) async fn run(
             "[[tokens]]\ntoken = \"{TOKEN}\"\ndriver_id = \"loadtest\"\nrate_per_sec = 1e9\nburst = 1000000\n"
         ),
     )?;
-    let bin = std::env::current_exe()?.with_file_name("http-ingest");
-    if !bin.exists() {
-        bail!(
-            "{} not built: cargo build --release -p fleet-http-ingest",
-            bin.display()
-        );
-    }
+    let bin = crate::release_bin("http-ingest", "fleet-http-ingest")?;
     let (port, metrics_port) = (free_port(), free_port());
     let mut child = Command::new(&bin)
         .env("FLEET_KAFKA_BROKERS", testkit::brokers())

@@ -13,8 +13,6 @@ use anyhow::{Context, bail};
 use fleet_lake::catalog;
 use fleet_lake::lake::Lake;
 use fleet_runtime::testkit;
-use fleet_schemas::{Encoder, Registry, TelemetryReading};
-use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
 use crate::mqtt::cpu_seconds;
@@ -47,25 +45,11 @@ pub(crate) async fn run(
     max_file_rows: usize,
     commit_interval_s: u64,
 ) -> anyhow::Result<LakeReport> {
-    let registry = Registry::new(&testkit::registry_url())?;
     let input = testkit::random_name("load.lake.in");
     testkit::create_topic(&input, 12).await;
-    let enc = Encoder::<TelemetryReading>::register(&registry, &input).await?;
-    let producer: FutureProducer = crate::producer_config(5).create()?;
-    let base = fleet_runtime::metrics::now_ms() - (records / vehicles) as i64 * 2_000;
-    crate::write_all(&producer, &input, &enc, records, |i| {
-        crate::reading_at(i, vehicles, base + (i / vehicles) as i64 * 2_000)
-    })
-    .await?;
-    eprintln!("{records} readings written to {input}");
+    crate::fleet_backlog(&input, records, vehicles).await?;
 
-    let bin = std::env::current_exe()?.with_file_name("lake-sink");
-    if !bin.exists() {
-        bail!(
-            "{} not built: cargo build --release -p fleet-lake",
-            bin.display()
-        );
-    }
+    let bin = crate::release_bin("lake-sink", "fleet-lake")?;
     let dir = std::env::temp_dir().join(testkit::random_name("load-lake"));
     std::fs::create_dir_all(&dir)?;
     let port = free_port();

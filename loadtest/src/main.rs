@@ -197,6 +197,37 @@ pub(crate) fn reading_at(i: usize, vehicles: usize, t: i64) -> TelemetryReading 
     }
 }
 
+/// Writes a backlog of `records` readings of a fleet of `vehicles` (2 s apart per vehicle,
+/// ending now) to `topic`, registering the schema first.
+pub(crate) async fn fleet_backlog(
+    topic: &str,
+    records: usize,
+    vehicles: usize,
+) -> anyhow::Result<()> {
+    let registry = fleet_schemas::Registry::new(&testkit::registry_url())?;
+    let enc = fleet_schemas::Encoder::<TelemetryReading>::register(&registry, topic).await?;
+    let producer: rdkafka::producer::FutureProducer = producer_config(5).create()?;
+    let base = fleet_runtime::metrics::now_ms() - (records / vehicles) as i64 * 2_000;
+    write_all(&producer, topic, &enc, records, |i| {
+        reading_at(i, vehicles, base + (i / vehicles) as i64 * 2_000)
+    })
+    .await?;
+    eprintln!("{records} readings written to {topic}");
+    Ok(())
+}
+
+/// The release binary `name` next to this one (built with `cargo build --release -p package`).
+pub(crate) fn release_bin(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name(name);
+    if !bin.exists() {
+        bail!(
+            "{} not built: cargo build --release -p {package}",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// An idempotent `acks=all` lz4 producer configuration for the local stack.
 pub(crate) fn producer_config(linger_ms: u32) -> ClientConfig {
     let mut c = ClientConfig::new();

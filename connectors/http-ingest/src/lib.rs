@@ -202,7 +202,7 @@ impl Api {
             metrics.records(&cfg.emergencies_topic, "ok"),
         ];
         let requests_rejected = ["unauthorized", "too_large", "rate_limited", "unavailable"]
-            .map(|r| (r, metrics.dead_letters(&format!("http_{r}"))));
+            .map(|r| (r, metrics.records("http_requests", r)));
         Arc::new(Self {
             limits: cfg.limits(),
             latency: metrics.latency("http_to_kafka_ack"),
