@@ -263,7 +263,31 @@ impl Api {
                 ));
             }
         };
-        let records = match batch::split(&body) {
+        let split = batch::split(&body);
+        // Every record counts against the token's budget, a body that does not split as one
+        // (its dead letter is a write too).
+        let n = split.as_ref().map_or(1, Vec::len);
+        if n > self.cfg.max_batch_records as usize {
+            return too_large(format!(
+                "{n} records in one request; at most {}",
+                self.cfg.max_batch_records
+            ));
+        }
+        let now = now_ms();
+        if let Err(wait_ms) = principal.take(n as u32, now) {
+            self.count("rate_limited");
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this token's records-per-second budget is spent",
+            );
+            let secs = wait_ms.div_ceil(1000).clamp(1, 3600);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+        let records = match split {
             Ok(r) => r,
             Err(e) => {
                 // Not even splittable: one dead letter for the whole body.
@@ -282,27 +306,6 @@ impl Api {
                 };
             }
         };
-        if records.len() > self.cfg.max_batch_records as usize {
-            return too_large(format!(
-                "{} records in one request; at most {}",
-                records.len(),
-                self.cfg.max_batch_records
-            ));
-        }
-        let now = now_ms();
-        if let Err(wait_ms) = principal.take(records.len() as u32, now) {
-            self.count("rate_limited");
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "this token's records-per-second budget is spent",
-            );
-            let secs = wait_ms.div_ceil(1000).clamp(1, 3600);
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return r;
-        }
         match self.write(kind, principal, &records, now).await {
             Ok((event_ids, refused)) => {
                 self.latency.observe(started.elapsed().as_secs_f64());
