@@ -78,11 +78,7 @@ pub(crate) async fn run(records: usize, vehicles: usize) -> anyhow::Result<Anoma
     let emitted = metric_sum(port, "fleet_processor_outputs_total")
         .await
         .unwrap_or(0);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    crate::terminate(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
     let Some((t0, d0, c0)) = first else {
         bail!("anomaly-processor processed nothing");

@@ -154,11 +154,7 @@ pub(crate) async fn run(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cores = (cpu_seconds(child.id()) - cpu0) / seconds;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    crate::terminate(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
     let lat = std::mem::take(&mut *latencies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let statuses = statuses

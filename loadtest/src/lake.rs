@@ -90,11 +90,7 @@ pub(crate) async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    crate::terminate(&mut child);
     let Some((t0, c0)) = start else {
         bail!("lake-sink never served its metrics");
     };

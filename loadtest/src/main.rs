@@ -216,6 +216,15 @@ pub(crate) async fn fleet_backlog(
     Ok(())
 }
 
+/// Stops a process this load test started: SIGTERM (a graceful stop), then waits for it.
+pub(crate) fn terminate(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
 /// The release binary `name` next to this one (built with `cargo build --release -p package`).
 pub(crate) fn release_bin(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     let bin = std::env::current_exe()?.with_file_name(name);
@@ -407,11 +416,7 @@ async fn passthrough(
     let counted =
         tokio::task::spawn_blocking(move || count_topic(&topic, records, Duration::from_secs(600)))
             .await?;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    crate::terminate(&mut child);
     let (f, l, n) = counted?;
     let pass = rate(n, f, l);
     eprintln!("passthrough-processor: {pass:.0} records/s");

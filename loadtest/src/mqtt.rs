@@ -676,18 +676,10 @@ pub(crate) async fn run(
     let _ = reader.join();
     let _ = notif_reader.join();
     if let Some(e) = emergency.as_mut() {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(e.id().to_string())
-            .status();
-        let _ = e.wait();
+        crate::terminate(e);
     }
     let _ = std::fs::remove_dir_all(&state_dir);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(bridge.id().to_string())
-        .status();
-    let _ = bridge.wait();
+    crate::terminate(&mut bridge);
 
     let s = seen
         .lock()

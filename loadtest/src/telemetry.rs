@@ -219,11 +219,7 @@ pub(crate) async fn run(
     let lag_end = metric_sum(port, "fleet_consumer_lag_records")
         .await
         .unwrap_or(-1);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    crate::terminate(&mut child);
 
     // Maximum rate on a backlog, next to a bare consumer on the same topic.
     let backlog_topic = testkit::random_name("load.tele.backlog");
@@ -259,11 +255,7 @@ pub(crate) async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    crate::terminate(&mut child);
     let tele = match first {
         Some((t0, d0)) => (last.1 - d0) as f64 / last.0.duration_since(t0).as_secs_f64().max(1e-3),
         None => 0.0,
