@@ -156,6 +156,17 @@ pub async fn wait_progress(p: &Proc) -> bool {
 
 pub use fleet_runtime::testkit::{credentials, state_dir};
 
+/// Decodes consumed records through the local registry; panics on a record that does not decode.
+pub async fn decode_all<T: fleet_schemas::Record>(records: &[testkit::Consumed]) -> Vec<T> {
+    let registry = fleet_schemas::Registry::new(&testkit::registry_url()).expect("registry");
+    let dec = fleet_schemas::Decoder::<T>::new(registry);
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        out.push(dec.decode(&r.payload).await.expect("decodes"));
+    }
+    out
+}
+
 /// Port of the local MQTT broker's plain listener.
 pub fn mqtt_port() -> u16 {
     std::env::var("FLEET_MQTT_URL")

@@ -7,10 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fleet_e2e::testkit::{self, TopicTail};
-use fleet_e2e::{Proc, free_port, wait_ready};
-use fleet_schemas::{
-    DeadLetter, Decoder, DeliveryEvent, EmergencyEvent, Registry, TelemetryReading,
-};
+use fleet_e2e::{Proc, decode_all, free_port, wait_ready};
+use fleet_schemas::{DeadLetter, DeliveryEvent, EmergencyEvent, TelemetryReading};
 use serde_json::Value;
 
 const BIN: &str = "http-ingest";
@@ -130,15 +128,6 @@ async fn post(
         .map(str::to_owned);
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, body, retry)
-}
-
-async fn decode_all<T: fleet_schemas::Record>(records: &[testkit::Consumed]) -> Vec<T> {
-    let dec = Decoder::<T>::new(Registry::new(&testkit::registry_url()).expect("registry"));
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        out.push(dec.decode(&r.payload).await.expect("decodes"));
-    }
-    out
 }
 
 #[tokio::test]

@@ -14,11 +14,12 @@ use std::time::Duration;
 use fleet_e2e::mqtt::{Auth, Device};
 use fleet_e2e::testkit::{self, TopicTail};
 use fleet_e2e::{
-    BridgeRun as Run, Proc, credentials, free_port, mqtt_port, mqtt_tls_port, state_dir, wait_ready,
+    BridgeRun as Run, Proc, credentials, decode_all, free_port, mqtt_port, mqtt_tls_port,
+    state_dir, wait_ready,
 };
 use fleet_schemas::{
-    CommandKind, DeadLetter, Decoder, DeliveryEvent, DeviceCommand, EmergencyEvent, EmergencyKind,
-    Encoder, Registry, Severity, TelemetryReading,
+    CommandKind, DeadLetter, DeliveryEvent, DeviceCommand, EmergencyEvent, EmergencyKind, Encoder,
+    Registry, Severity, TelemetryReading,
 };
 
 const BIN: &str = "mqtt-bridge";
@@ -46,15 +47,6 @@ fn reading_json(vehicle: &str, seq: usize, ts: i64) -> String {
     format!(
         r#"{{"vehicleId":"{vehicle}","timestamp":{ts},"sentAt":{ts},"location":{{"lat":4.6097,"lon":-74.0817}},"speed":65.5,"cargo_temperature":4.0,"odometer":{seq}}}"#
     )
-}
-
-async fn decode_all<T: fleet_schemas::Record>(records: &[testkit::Consumed]) -> Vec<T> {
-    let dec = Decoder::<T>::new(Registry::new(&testkit::registry_url()).expect("registry"));
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        out.push(dec.decode(&r.payload).await.expect("decodes"));
-    }
-    out
 }
 
 fn metric(text: &str, needle: &str) -> f64 {
