@@ -45,10 +45,7 @@ pub fn profile_entry(
     };
     let mut geofences = Vec::with_capacity(record.geofences.len());
     for g in record.geofences {
-        let valid_pos = g.lat.is_finite()
-            && g.lon.is_finite()
-            && (-90.0..=90.0).contains(&g.lat)
-            && (-180.0..=180.0).contains(&g.lon);
+        let valid_pos = fleet_domain::geo::is_valid_position(g.lat, g.lon);
         if !(valid_pos && g.radius_m.is_finite() && g.radius_m > 0.0) {
             return Err(format!(
                 "geofence {:?}: centre {},{} radius {} m is not valid",

@@ -353,10 +353,7 @@ impl Delivery {
 }
 
 fn valid((lat, lon): (f64, f64)) -> bool {
-    lat.is_finite()
-        && lon.is_finite()
-        && (-90.0..=90.0).contains(&lat)
-        && (-180.0..=180.0).contains(&lon)
+    crate::geo::is_valid_position(lat, lon)
 }
 
 #[cfg(test)]

@@ -13,9 +13,31 @@ pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     Haversine.distance(Point::new(lon1, lat1), Point::new(lon2, lat2))
 }
 
+/// Whether (lat, lon) is a WGS84 position: finite, latitude in -90..=90, longitude in
+/// -180..=180 degrees.
+pub fn is_valid_position(lat: f64, lon: f64) -> bool {
+    lat.is_finite()
+        && lon.is_finite()
+        && (-90.0..=90.0).contains(&lat)
+        && (-180.0..=180.0).contains(&lon)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn valid_positions() {
+        assert!(is_valid_position(90.0, -180.0) && is_valid_position(0.0, 0.0));
+        for (lat, lon) in [
+            (90.1, 0.0),
+            (0.0, 180.1),
+            (f64::NAN, 0.0),
+            (0.0, f64::INFINITY),
+        ] {
+            assert!(!is_valid_position(lat, lon), "{lat} {lon}");
+        }
+    }
 
     #[test]
     fn known_distances() {

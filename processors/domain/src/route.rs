@@ -80,12 +80,10 @@ impl RouteCorridor {
                 points.len()
             )));
         }
-        if let Some((lat, lon)) = points.iter().find(|(lat, lon)| {
-            !(lat.is_finite()
-                && lon.is_finite()
-                && (-90.0..=90.0).contains(lat)
-                && (-180.0..=180.0).contains(lon))
-        }) {
+        if let Some((lat, lon)) = points
+            .iter()
+            .find(|(lat, lon)| !crate::geo::is_valid_position(*lat, *lon))
+        {
             return Err(DomainError::InvalidRoute(format!(
                 "waypoint lat {lat} lon {lon} out of range"
             )));
