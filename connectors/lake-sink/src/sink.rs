@@ -150,7 +150,7 @@ pub struct Sink<'a> {
     cfg: LakeSinkConfig,
     lake: Lake,
     consumer: Arc<Consumer>,
-    revoked: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i32)>>,
+    revoked: tokio::sync::mpsc::UnboundedReceiver<kafka::Rebalanced>,
     parts: HashMap<(usize, i32), Part>,
     topics: Vec<Arc<str>>,
     plans: HashMap<(usize, u32), Result<Arc<Plan>, String>>,
@@ -210,9 +210,10 @@ impl<'a> Sink<'a> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(parts) = self.revoked.recv() => {
-                    let parts: Vec<(String, i32)> = parts;
-                    self.on_revoke(&parts);
+                Some(r) = self.revoked.recv() => {
+                    if let kafka::Rebalanced::Revoked(parts) = r {
+                        self.on_revoke(&parts);
+                    }
                 }
                 _ = tick.tick() => self.on_tick(false).await?,
                 msg = consumer.recv() => match msg {

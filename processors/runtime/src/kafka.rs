@@ -63,12 +63,21 @@ pub fn producer(cfg: &KafkaConfig, profile: ProducerProfile) -> Result<FuturePro
     Ok(c.create()?)
 }
 
+/// A rebalance as the consumer's owner sees it: the (topic, partition)s that came or went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// Partitions given to this instance.
+    Assigned(Vec<(String, i32)>),
+    /// Partitions taken away from this instance.
+    Revoked(Vec<(String, i32)>),
+}
+
 /// Consumer context: rebalance and statistics callbacks feed metrics, readiness and the run
-/// loop (revoked partitions).
+/// loop (assigned and revoked partitions).
 #[derive(Debug)]
 pub struct FleetContext {
     metrics: Arc<Metrics>,
-    revoked: Option<tokio::sync::mpsc::UnboundedSender<Vec<(String, i32)>>>,
+    rebalances: Option<tokio::sync::mpsc::UnboundedSender<Rebalanced>>,
 }
 
 impl ClientContext for FleetContext {
@@ -92,21 +101,25 @@ impl ConsumerContext for FleetContext {
         _base_consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &Rebalance<'_>,
     ) {
+        let parts = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect()
+        };
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
                 self.metrics.set_assigned(tpl.count());
+                if let Some(tx) = &self.rebalances {
+                    let _ = tx.send(Rebalanced::Assigned(parts(tpl)));
+                }
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 self.metrics.set_assigned(0);
-                if let Some(tx) = &self.revoked {
-                    let parts = tpl
-                        .elements()
-                        .iter()
-                        .map(|e| (e.topic().to_owned(), e.partition()))
-                        .collect();
-                    let _ = tx.send(parts);
+                if let Some(tx) = &self.rebalances {
+                    let _ = tx.send(Rebalanced::Revoked(parts(tpl)));
                 }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -136,7 +149,7 @@ pub fn consumer(
     cfg: &KafkaConfig,
     group_id: &str,
     metrics: Arc<Metrics>,
-    revoked: Option<tokio::sync::mpsc::UnboundedSender<Vec<(String, i32)>>>,
+    rebalances: Option<tokio::sync::mpsc::UnboundedSender<Rebalanced>>,
 ) -> Result<Consumer> {
     let mut c = base(cfg);
     c.set("group.id", group_id)
@@ -159,7 +172,10 @@ pub fn consumer(
             cfg.max_poll_interval.as_millis().to_string(),
         );
     apply_options(&mut c, cfg);
-    Ok(c.create_with_context(FleetContext { metrics, revoked })?)
+    Ok(c.create_with_context(FleetContext {
+        metrics,
+        rebalances,
+    })?)
 }
 
 /// Partitions and configs of a topic to create.

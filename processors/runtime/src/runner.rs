@@ -120,6 +120,17 @@ pub trait Processor: Send {
     /// Partitions taken away from this instance by a rebalance: forget their state (their
     /// new owner rebuilds it from the stored offsets).
     fn on_revoke(&mut self, _partitions: &[(String, i32)]) {}
+
+    /// Partitions given to this instance by a rebalance, before any of their records is
+    /// handed to [`Processor::process`]. A processor whose timers act on state of quiet
+    /// partitions loads that state here. An error is logged and the run goes on (the state
+    /// is then loaded with the partition's first record).
+    fn on_assign(
+        &mut self,
+        _partitions: &[(String, i32)],
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// What a run did, returned when it stops.
@@ -254,12 +265,12 @@ impl Runtime {
         topics: &[&str],
         shutdown: CancellationToken,
     ) -> Result<RunSummary> {
-        let (revoked_tx, revoked) = tokio::sync::mpsc::unbounded_channel();
+        let (rebalances_tx, rebalances) = tokio::sync::mpsc::unbounded_channel();
         let consumer = kafka::consumer(
             &self.kafka,
             &self.group_id(),
             self.metrics.clone(),
-            Some(revoked_tx),
+            Some(rebalances_tx),
         )?;
         consumer.subscribe(topics)?;
         tracing::info!(component = self.component, group = %self.group_id(), ?topics, "consuming");
@@ -274,7 +285,7 @@ impl Runtime {
             summary: RunSummary::default(),
             counters: Counters::new(&self.metrics),
             topics: Vec::new(),
-            revoked,
+            rebalances,
             dlq_log_budget: DLQ_LOG_PER_TICK,
             dlq_log_suppressed: 0,
             shutdown,
@@ -453,7 +464,7 @@ struct Loop<'r, P: Processor> {
     summary: RunSummary,
     counters: Counters,
     topics: Vec<Arc<str>>,
-    revoked: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i32)>>,
+    rebalances: tokio::sync::mpsc::UnboundedReceiver<kafka::Rebalanced>,
     dlq_log_budget: u32,
     dlq_log_suppressed: u64,
     shutdown: CancellationToken,
@@ -526,7 +537,7 @@ enum Step {
 
 enum Event<'m> {
     Stop,
-    Revoked(Vec<(String, i32)>),
+    Rebalanced(kafka::Rebalanced),
     Settled(Settled),
     Tick,
     Message(rdkafka::error::KafkaResult<BorrowedMessage<'m>>),
@@ -549,7 +560,7 @@ impl<P: Processor> Loop<'_, P> {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => Event::Stop,
-                    Some(parts) = self.revoked.recv() => Event::Revoked(parts),
+                    Some(r) = self.rebalances.recv() => Event::Rebalanced(r),
                     settled = poll_fn(|cx| {
                         in_flight.poll_head(cx, &mut |topic| counters.output(metrics, topic))
                     }), if has_in_flight => Event::Settled(settled),
@@ -559,9 +570,19 @@ impl<P: Processor> Loop<'_, P> {
             };
             let step = match event {
                 Event::Stop => Ok(Step::Stop),
-                Event::Revoked(parts) => {
+                Event::Rebalanced(kafka::Rebalanced::Revoked(parts)) => {
                     self.processor.on_revoke(&parts);
                     Ok(Step::Continue)
+                }
+                Event::Rebalanced(kafka::Rebalanced::Assigned(parts)) => {
+                    match self.processor.on_assign(&parts).await {
+                        Ok(()) => Ok(Step::Continue),
+                        Err(ProcessError::Fatal(e)) => Err(Error::Fatal(e)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "on_assign failed; partition state loads with its first record");
+                            Ok(Step::Continue)
+                        }
+                    }
                 }
                 Event::Settled(settled) => self.on_settled(settled).await,
                 Event::Tick => self.on_tick().await,
