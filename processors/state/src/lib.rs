@@ -249,6 +249,18 @@ pub trait StateStore: Send + Sync {
         now_ms: i64,
     ) -> impl Future<Output = Result<Option<VehicleState>>> + Send;
 
+    /// Unexpired states in the backend's order of vehicles, after vehicle `after` (exclusive;
+    /// `""`: from the first), at most `limit`: pass the last id of a page to get the next one
+    /// (the API's listings page through every vehicle this way). SQLite orders by vehicle id;
+    /// ScyllaDB in token order (a paged scan of the table; `after` must be an id the previous
+    /// page returned).
+    fn vehicle_states(
+        &self,
+        after: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<VehicleState>>> + Send;
+
     /// Writes closed windows (idempotent per vehicle and window start).
     fn put_windows(
         &self,
@@ -389,6 +401,18 @@ impl StateStore for Store {
         match self {
             Store::Sqlite(s) => s.vehicle_state(vehicle_id, now_ms).await,
             Store::Scylla(s) => s.vehicle_state(vehicle_id, now_ms).await,
+        }
+    }
+
+    async fn vehicle_states(
+        &self,
+        after: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<VehicleState>> {
+        match self {
+            Store::Sqlite(s) => s.vehicle_states(after, limit, now_ms).await,
+            Store::Scylla(s) => s.vehicle_states(after, limit, now_ms).await,
         }
     }
 

@@ -263,27 +263,33 @@ impl StateStore for SqliteStore {
         self.with(move |inner| {
             let row = inner
                 .conn
-                .prepare_cached(
-                    "SELECT vehicle_id, event_time, lat, lon, speed_kmh, heading_deg,
-                        cargo_temp_c, door_open, ignition_on, event_id
-                     FROM vehicle_state WHERE vehicle_id = ?1 AND expires_at > ?2",
-                )?
-                .query_row(params![id, now_ms], |r| {
-                    Ok(VehicleState {
-                        vehicle_id: r.get(0)?,
-                        event_time: r.get(1)?,
-                        lat: r.get(2)?,
-                        lon: r.get(3)?,
-                        speed_kmh: r.get(4)?,
-                        heading_deg: r.get(5)?,
-                        cargo_temp_c: r.get(6)?,
-                        door_open: r.get(7)?,
-                        ignition_on: r.get(8)?,
-                        event_id: r.get(9)?,
-                    })
-                })
+                .prepare_cached(&format!(
+                    "SELECT {STATE_SELECT} FROM vehicle_state WHERE vehicle_id = ?1 AND expires_at > ?2"
+                ))?
+                .query_row(params![id, now_ms], state_of_row)
                 .optional()?;
             Ok(row)
+        })
+        .await
+    }
+
+    async fn vehicle_states(
+        &self,
+        after: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<VehicleState>> {
+        let after = after.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |inner| {
+            let mut stmt = inner.conn.prepare_cached(&format!(
+                "SELECT {STATE_SELECT} FROM vehicle_state WHERE vehicle_id > ?1 AND expires_at > ?2
+                 ORDER BY vehicle_id LIMIT ?3"
+            ))?;
+            let rows = stmt
+                .query_map(params![after, now_ms, limit], state_of_row)?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -608,4 +614,22 @@ impl StateStore for SqliteStore {
         })
         .await
     }
+}
+
+const STATE_SELECT: &str = "vehicle_id, event_time, lat, lon, speed_kmh, heading_deg, \
+    cargo_temp_c, door_open, ignition_on, event_id";
+
+fn state_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VehicleState> {
+    Ok(VehicleState {
+        vehicle_id: r.get(0)?,
+        event_time: r.get(1)?,
+        lat: r.get(2)?,
+        lon: r.get(3)?,
+        speed_kmh: r.get(4)?,
+        heading_deg: r.get(5)?,
+        cargo_temp_c: r.get(6)?,
+        door_open: r.get(7)?,
+        ignition_on: r.get(8)?,
+        event_id: r.get(9)?,
+    })
 }

@@ -430,8 +430,41 @@ async fn deliveries_are_replaced_and_listed_per_vehicle(store: &impl StateStore)
     assert_eq!(store.delivery("missing").await.unwrap(), None);
 }
 
+async fn every_vehicle_is_listed_page_by_page(store: &impl StateStore) {
+    let now = 2_000_000;
+    let ids: Vec<String> = (0..25).map(|i| format!("LIST-{i:02}")).collect();
+    let rows: Vec<VehicleState> = ids.iter().map(|id| state(id, 9_000, 1.0)).collect();
+    store
+        .upsert_vehicle_states(&rows, now)
+        .await
+        .expect("write");
+    // Pages of 7, each continuing after the last id of the previous one.
+    let mut seen: Vec<String> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store.vehicle_states(&after, 7, now).await.expect("page");
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after.clone_from(&last.vehicle_id);
+        seen.extend(page.into_iter().map(|s| s.vehicle_id));
+    }
+    let mut listed: Vec<String> = seen
+        .iter()
+        .filter(|id| id.starts_with("LIST-"))
+        .cloned()
+        .collect();
+    let total = listed.len();
+    listed.sort();
+    listed.dedup();
+    assert_eq!(total, listed.len(), "no vehicle twice");
+    assert_eq!(listed, ids, "every vehicle once");
+    let one = store.vehicle_states("", 1, now).await.expect("page");
+    assert_eq!(one.len(), 1);
+}
+
 async fn suite(store: &impl StateStore, ttl: Duration) {
     deliveries_are_replaced_and_listed_per_vehicle(store).await;
+    every_vehicle_is_listed_page_by_page(store).await;
     incidents_are_recorded_once_and_listed_per_vehicle(store).await;
     frontiers_only_move_forward(store).await;
     checkpoints_round_trip_and_only_move_forward(store).await;
