@@ -240,6 +240,30 @@ pub fn table_consumer(cfg: &KafkaConfig) -> Result<BaseConsumer> {
     Ok(c.create()?)
 }
 
+/// A consumer that follows topics from their current end, for readers that only want what
+/// happens from now on (the API's live stream): a fresh group per process, no commits.
+pub fn tail_consumer(cfg: &KafkaConfig, name: &str) -> Result<StreamConsumer> {
+    let mut c = base(cfg);
+    c.set(
+        "group.id",
+        format!(
+            "fleet-tail-{name}-{}-{}",
+            std::process::id(),
+            crate::metrics::now_ms()
+        ),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("auto.offset.reset", "latest")
+    .set("enable.partition.eof", "false")
+    .set("statistics.interval.ms", "0")
+    .set("session.timeout.ms", "6000")
+    .set("heartbeat.interval.ms", "1000")
+    .set("fetch.wait.max.ms", cfg.fetch_wait.as_millis().to_string());
+    apply_options(&mut c, cfg);
+    Ok(c.create()?)
+}
+
 /// The default fleet topics with their partition counts (`fleet.telemetry` gets at least 12).
 pub fn fleet_topics(default_partitions: i32) -> Vec<TopicSpec> {
     let p = default_partitions;
