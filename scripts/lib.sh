@@ -102,6 +102,28 @@ need_pyarrow() {
   export FLEET_PYTHON="$venv/bin/python"
 }
 
+# Headless Chromium (Debian's package) driven by playwright-core (npm, no browser download):
+# the live map's and the load-test report's browser checks (scripts/browser-check.mjs).
+PLAYWRIGHT_VERSION=1.65.1
+need_browser() {
+  need_apt chromium
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    need_apt nodejs npm
+  fi
+  local dir="$FLEET_CACHE/node"
+  local marker="$dir/.installed-playwright-core-$PLAYWRIGHT_VERSION"
+  if [[ ! -f "$marker" || ! -d "$dir/node_modules/playwright-core" ]]; then
+    log "installing playwright-core $PLAYWRIGHT_VERSION into $dir (one time)"
+    mkdir -p "$dir"
+    npm install --prefix "$dir" --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" \
+      >"$FLEET_CACHE/install-playwright.log" 2>&1 \
+      || die "npm install playwright-core failed; see $FLEET_CACHE/install-playwright.log"
+    touch "$marker"
+  fi
+  export FLEET_PLAYWRIGHT_DIR="$dir"
+  export FLEET_CHROMIUM=/usr/bin/chromium
+}
+
 # cargo_tool NAME VERSION CRATE [ARGS...]: cargo install into the cache, once per version.
 cargo_tool() {
   local bin=$1 version=$2 crate=$3

@@ -35,6 +35,7 @@ if ((unit_only == 0)); then
   fi
   features=(--features fleet-e2e/stack)
   need_pyarrow
+  need_browser
 fi
 
 log "building every binary and test (end-to-end tests run the binaries as processes)"

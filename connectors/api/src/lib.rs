@@ -187,6 +187,14 @@ fn error(status: StatusCode, code: &str, detail: &str) -> Response {
     r
 }
 
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid `Authorization: Bearer <token>` header is required",
+    )
+}
+
 fn not_found(what: &str) -> Response {
     error(StatusCode::NOT_FOUND, "not_found", what)
 }
@@ -302,17 +310,8 @@ impl Api {
         }
     }
 
-    fn principal(&self, token: Option<&str>) -> Result<Arc<Principal>, Response> {
-        token
-            .and_then(|t| self.tokens.get(t))
-            .cloned()
-            .ok_or_else(|| {
-                error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "a valid `Authorization: Bearer <token>` header is required",
-                )
-            })
+    fn principal(&self, token: Option<&str>) -> Option<Arc<Principal>> {
+        token.and_then(|t| self.tokens.get(t)).cloned()
     }
 
     fn sees(&self, p: &Principal, vehicle: &str) -> bool {
@@ -347,9 +346,8 @@ type ApiState = State<Arc<Api>>;
 
 async fn vehicle(State(api): ApiState, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let started = Instant::now();
-    let p = match api.principal(bearer(&headers)) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = api.principal(bearer(&headers)) else {
+        return unauthorized();
     };
     if !api.sees(&p, &id) {
         return not_found("no such vehicle");
@@ -370,9 +368,8 @@ async fn vehicles(
     q: Result<Query<VehiclesQuery>, QueryRejection>,
 ) -> Response {
     let started = Instant::now();
-    let p = match api.principal(bearer(&headers)) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = api.principal(bearer(&headers)) else {
+        return unauthorized();
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -431,9 +428,8 @@ async fn windows(
     q: Result<Query<WindowsQuery>, QueryRejection>,
 ) -> Response {
     let started = Instant::now();
-    let p = match api.principal(bearer(&headers)) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = api.principal(bearer(&headers)) else {
+        return unauthorized();
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -468,9 +464,8 @@ async fn incidents(
     q: Result<Query<IncidentsQuery>, QueryRejection>,
 ) -> Response {
     let started = Instant::now();
-    let p = match api.principal(bearer(&headers)) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = api.principal(bearer(&headers)) else {
+        return unauthorized();
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -499,9 +494,8 @@ async fn incidents(
 
 async fn delivery(State(api): ApiState, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let started = Instant::now();
-    let p = match api.principal(bearer(&headers)) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = api.principal(bearer(&headers)) else {
+        return unauthorized();
     };
     let r = match api.store.delivery(&id).await {
         Ok(Some(d)) if api.sees(&p, &d.vehicle_id) => Json(d).into_response(),
@@ -528,9 +522,8 @@ async fn stream(
         Ok(q) => q,
         Err(e) => return bad_query(&e),
     };
-    let p = match api.principal(bearer(&headers).or(q.access_token.as_deref())) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = api.principal(bearer(&headers).or(q.access_token.as_deref())) else {
+        return unauthorized();
     };
     let mut kinds = HashSet::new();
     for t in q

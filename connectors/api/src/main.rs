@@ -33,6 +33,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the runtime")?;
     runtime.metrics.health.consumer_optional();
+    // Ready once the API answers (the profiles table loads first).
+    runtime.metrics.health.set_dependency("api_listener", false);
     let store = Store::open(&app.state_url, StoreOptions::default())
         .await
         .with_context(|| format!("opening the state store {}", app.state_url))?;
@@ -62,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", app.listen))?;
     let addr = listener.local_addr()?;
+    runtime.metrics.health.set_dependency("api_listener", true);
     let api = Api::new(app, tokens, store, owners, hub, &runtime.metrics);
     tracing::info!(%addr, "fleet-api listening on http://{addr}/v1/ (map: http://{addr}/map#token=...)");
     let t = token.clone();

@@ -881,6 +881,21 @@ impl StateStore for ScyllaStore {
     }
 }
 
+fn state_of_row(r: StateRow) -> VehicleState {
+    VehicleState {
+        vehicle_id: r.0,
+        event_time: r.1,
+        lat: r.2,
+        lon: r.3,
+        speed_kmh: r.4,
+        heading_deg: r.5,
+        cargo_temp_c: r.6,
+        door_open: r.7,
+        ignition_on: r.8,
+        event_id: r.9,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -903,20 +918,5 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
-    }
-}
-
-fn state_of_row(r: StateRow) -> VehicleState {
-    VehicleState {
-        vehicle_id: r.0,
-        event_time: r.1,
-        lat: r.2,
-        lon: r.3,
-        speed_kmh: r.4,
-        heading_deg: r.5,
-        cargo_temp_c: r.6,
-        door_open: r.7,
-        ignition_on: r.8,
-        event_id: r.9,
     }
 }

@@ -470,6 +470,14 @@ mod tests {
         async fn vehicle_state(&self, id: &str, now: i64) -> StateResult<Option<VehicleState>> {
             self.inner.vehicle_state(id, now).await
         }
+        async fn vehicle_states(
+            &self,
+            after: &str,
+            limit: usize,
+            now: i64,
+        ) -> StateResult<Vec<VehicleState>> {
+            self.inner.vehicle_states(after, limit, now).await
+        }
         async fn put_windows(&self, rows: &[WindowRow], now: i64) -> StateResult<()> {
             if self
                 .failures_left
