@@ -1,58 +1,93 @@
 #!/usr/bin/env bash
 # The main job, one command: installs what is missing, brings the local stack up, builds in
-# release mode, and runs a simulated fleet through the pipeline:
-#   1. telemetry: V vehicles send RATE readings/s for DURATION s (Avro, schema registry) into
-#      fleet.telemetry-like topics; telemetry-processor keeps vehicle_state and emits 60 s windows;
-#      the report gives consumer lag, vehicle_state freshness and the max rate vs a bare consumer;
-#   2. devices over MQTT: V vehicles publish RATE JSON messages/s for DURATION s (QoS 1) through
-#      mosquitto and mqtt-bridge into Kafka, with a panic button every 250 readings handled by
-#      emergency-processor; the report gives completeness, device -> Kafka latency,
-#      device -> notification latency of the emergencies, the bridge's burst rate, CPU per process;
-#   3. passthrough: the runtime's own cost (passthrough-processor vs bare consumer and pipe).
-# Reports (JSON) go to .fleet/reports/.
+# release mode, starts every processor and connector of the pipeline (mqtt-bridge,
+# telemetry-processor, anomaly-processor, emergency-processor, lake-sink) and runs a simulated
+# fleet through it over MQTT (fleet-loadtest demo): V vehicles at RATE readings/s for DURATION s,
+# with injected panic buttons, overspeed, a warm reefer and silent devices. Then it audits the
+# result (completeness in Kafka and in the Parquet lake, every emergency notified, every
+# injected incident alerted, vehicle_state current, latencies, lag and CPU per process), prints
+# a summary, writes target/fleet-demo/report.json and report.html (plots, open it in any
+# browser, no network needed), checks that the HTML renders its plots in headless Chromium
+# (screenshot: target/fleet-demo/report.png), and stops everything it started.
 #
-#   scripts/demo.sh [--rate N] [--duration S] [--vehicles V] [--records N] [--keep]
-#     --records  records of the passthrough run and of the max-rate backlog (default 200000)
-#     --keep     leave the stack running afterwards (scripts/stack.sh down stops it)
+#   scripts/demo.sh [--rate N] [--duration S] [--vehicles V] [--keep]
+#     defaults: --rate 5000 --duration 60 --vehicles 10000
+#     --keep   leave the stack running afterwards (scripts/stack.sh down stops it)
+# Exit status 0 only if the audit passed (nothing lost, every alert and notification there).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$FLEET_ROOT"
 
-records=200000
 vehicles=10000
 rate=5000
 duration=60
 keep=0
 while (($#)); do
   case $1 in
-    --records) records=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --vehicles) vehicles=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
 
-scripts/stack.sh up
-if ((keep == 0)); then
+need_build_deps
+command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+need_browser
+started=0
+if ! scripts/stack.sh status >/dev/null 2>&1; then
+  scripts/stack.sh up
+  started=1
+fi
+if ((keep == 0 && started == 1)); then
   trap 'scripts/stack.sh down || true' EXIT
 fi
-log "building release binaries"
-cargo build -q --release -p fleet-passthrough -p fleet-telemetry -p fleet-loadtest \
-  -p fleet-mqtt-bridge -p fleet-emergency
-mkdir -p "$FLEET_STATE_DIR/reports"
-stamp=$(date +%Y%m%dT%H%M%S)
-loadtest="$CARGO_TARGET_DIR/release/fleet-loadtest"
-log "telemetry: $rate readings/s from $vehicles vehicles for ${duration}s through telemetry-processor"
-"$loadtest" telemetry --rate "$rate" --duration "$duration" --vehicles "$vehicles" \
-  --backlog "$records" --report "$FLEET_STATE_DIR/reports/telemetry-$stamp.json"
-log "MQTT: $rate messages/s from $vehicles vehicles for ${duration}s through mqtt-bridge, with panic buttons"
-"$loadtest" mqtt --rate "$rate" --duration "$duration" --vehicles "$vehicles" \
-  --burst "$records" --emergency-every 250 --report "$FLEET_STATE_DIR/reports/mqtt-$stamp.json"
-log "passthrough: $records readings through passthrough-processor"
-"$loadtest" passthrough --records "$records" --vehicles "$vehicles" \
-  --report "$FLEET_STATE_DIR/reports/passthrough-$stamp.json"
-log "reports in $FLEET_STATE_DIR/reports/"
+log "building release binaries (first time: several minutes)"
+cargo build -q --release -p fleet-loadtest -p fleet-mqtt-bridge -p fleet-telemetry \
+  -p fleet-anomaly -p fleet-emergency -p fleet-lake
+out="$FLEET_ROOT/target/fleet-demo"
+mkdir -p "$out"
+log "demo: $vehicles vehicles, $rate readings/s for ${duration}s over MQTT through the whole pipeline"
+status=0
+"$CARGO_TARGET_DIR/release/fleet-loadtest" demo --rate "$rate" --duration "$duration" \
+  --vehicles "$vehicles" --emergency-every $((rate * 2)) --out "$out" >"$out/stdout.json" || status=$?
+if [[ ! -f "$out/report.json" ]]; then
+  die "the demo did not write a report (exit $status)"
+fi
+python3 - "$out/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+L = r["latency_ms"]
+pct = lambda x: f'p50 {x["p50"]} ms, p99 {x["p99"]} ms, max {x["max"]} ms'
+rows = [
+    ("verdict", "PASS" if r["passed"] else "FAIL"),
+    ("achieved rate", f'{r["achieved_rate"]:.0f}/s (target {r["rate_target"]}/s, {r["duration_s"]} s)'),
+    ("sent / accepted / lost / duplicates", f'{r["sent"]} / {r["accepted"]} / {r["lost"]} / {r["duplicates"]}'),
+    ("lake rows", f'{r["lake_rows"]}  ({r["lake_url"]})'),
+    ("emergencies -> notifications", f'{r["emergencies_injected"]} -> {r["notifications_received"]}'),
+    ("alerts expected / received", f'{r["alerts_expected"]} / {r["alerts_received"]}'),
+    ("vehicle_state mismatches", f'{r["state_mismatches"]} of {r["state_vehicles_checked"]}'),
+    ("emergency -> notification", pct(L["emergency_to_notification"])),
+    ("reading -> vehicle_state", pct(L["reading_to_state"])),
+    ("device -> Kafka", pct(L["device_to_kafka"])),
+    ("CPU (cores)", ", ".join(f"{k.replace('stack:', '')} {v}" for k, v in sorted(r["cpu_cores"].items(), key=lambda kv: -kv[1]))),
+]
+w = max(len(k) for k, _ in rows)
+for k, v in rows:
+    print(f"  {k:<{w}}  {v}")
+PY
+log "checking that report.html renders its plots in headless Chromium"
+node scripts/browser-check.mjs report "$out/report.html" "$out/report.png" >"$out/browser-check.json" \
+  || die "the browser check failed; see $out/browser-check.json"
+python3 - "$out/browser-check.json" <<'PY' || die "report.html did not render its plots"
+import json, sys
+c = json.load(open(sys.argv[1]))
+bad = [p["id"] for p in c["plots"] if p["drawn"] < 200] + c["errors"]
+print("  plots drawn: " + ", ".join(f'{p["id"]} ({p["drawn"]} px)' for p in c["plots"]))
+sys.exit(1 if bad or len(c["plots"]) < 4 else 0)
+PY
+log "report: $out/report.json, $out/report.html (screenshot $out/report.png)"
+exit "$status"

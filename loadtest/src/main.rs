@@ -17,6 +17,8 @@
 //! ```
 
 mod anomaly;
+mod api;
+mod demo;
 mod http;
 mod lake;
 mod mqtt;
@@ -103,6 +105,52 @@ enum Scenario {
         /// Simulated vehicles.
         #[arg(long, default_value_t = 10_000)]
         vehicles: usize,
+        /// Write the JSON report here as well as to stdout.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// The whole pipeline under a simulated fleet over MQTT, audited: writes report.json and
+    /// report.html to --out (what scripts/demo.sh runs).
+    Demo {
+        /// Readings per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: usize,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Simulated vehicles.
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// MQTT connections publishing.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        /// A panic button after every N-th reading (0: none).
+        #[arg(long, default_value_t = 5_000)]
+        emergency_every: usize,
+        /// Directory for report.json, report.html, the lake and the state store.
+        #[arg(long, default_value = "target/fleet-demo")]
+        out: PathBuf,
+    },
+    /// Renders report.html from a report.json (the demo writes both; this re-renders).
+    RenderReport {
+        /// The report.json.
+        #[arg(long)]
+        json: PathBuf,
+        /// The HTML file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// fleet-api's read latency: closed-loop clients GET /v1/vehicles/{id} over a filled store.
+    Api {
+        /// Vehicles in the state store.
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
         /// Write the JSON report here as well as to stdout.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -445,6 +493,49 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = http::run(clients.max(1), batch.max(1), duration, vehicles.max(1)).await?;
+            let json = serde_json::to_string_pretty(&r)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Scenario::Demo {
+            rate,
+            duration,
+            vehicles,
+            connections,
+            emergency_every,
+            out,
+        } => {
+            let r = demo::run(demo::DemoArgs {
+                rate: rate.max(1),
+                duration,
+                vehicles,
+                connections: connections.max(1),
+                emergency_every,
+                out: out.clone(),
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            eprintln!("report: {}/report.json and report.html", out.display());
+        }
+        Scenario::RenderReport { json, out } => {
+            let text = std::fs::read_to_string(&json)
+                .with_context(|| format!("reading {}", json.display()))?;
+            // Checked to be JSON: it is embedded in a script element.
+            let _: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", json.display()))?;
+            std::fs::write(&out, demo::render_html(&text))
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Scenario::Api {
+            vehicles,
+            clients,
+            duration,
+            report,
+        } => {
+            let r = api::run(vehicles.max(1), clients.max(1), duration).await?;
             let json = serde_json::to_string_pretty(&r)?;
             println!("{json}");
             if let Some(path) = report {

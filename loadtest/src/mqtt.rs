@@ -71,10 +71,10 @@ pub(crate) struct MqttReport {
 }
 
 #[derive(Debug, Serialize, Default)]
-struct BucketQuantiles {
-    p50_le: f64,
-    p99_le: f64,
-    count: u64,
+pub(crate) struct BucketQuantiles {
+    pub(crate) p50_le: f64,
+    pub(crate) p99_le: f64,
+    pub(crate) count: u64,
 }
 
 /// CPU seconds per process over a phase and as a share of one core.
@@ -101,7 +101,7 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn stack_pid(service: &str) -> Option<u32> {
+pub(crate) fn stack_pid(service: &str) -> Option<u32> {
     std::fs::read_to_string(testkit::state_dir().join(format!("pids/{service}.pid")))
         .ok()?
         .trim()
@@ -149,17 +149,17 @@ impl CpuProbe {
     }
 }
 
-struct Topics {
-    notifications: String,
-    telemetry: String,
-    emergencies: String,
-    deliveries: String,
-    commands: String,
-    dlq: String,
-    prefix: String,
+pub(crate) struct Topics {
+    pub(crate) notifications: String,
+    pub(crate) telemetry: String,
+    pub(crate) emergencies: String,
+    pub(crate) deliveries: String,
+    pub(crate) commands: String,
+    pub(crate) dlq: String,
+    pub(crate) prefix: String,
 }
 
-fn start_bridge(t: &Topics, http_port: u16) -> anyhow::Result<Child> {
+pub(crate) fn start_bridge(t: &Topics, http_port: u16) -> anyhow::Result<Child> {
     let bin = std::env::current_exe()?.with_file_name("mqtt-bridge");
     if !bin.exists() {
         bail!(
@@ -191,7 +191,11 @@ fn start_bridge(t: &Topics, http_port: u16) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {}", bin.display()))
 }
 
-fn start_emergency(t: &Topics, http_port: u16, state_url: &str) -> anyhow::Result<Child> {
+pub(crate) fn start_emergency(
+    t: &Topics,
+    http_port: u16,
+    state_url: &str,
+) -> anyhow::Result<Child> {
     let bin = std::env::current_exe()?.with_file_name("emergency-processor");
     if !bin.exists() {
         bail!(
@@ -221,7 +225,7 @@ fn start_emergency(t: &Topics, http_port: u16, state_url: &str) -> anyhow::Resul
 
 /// Follows `topic` from the beginning in a thread, decoding each record as `T` and handing it
 /// to `on_record` with the wall-clock time (ms) it was read, until `stop`.
-fn follow<T: fleet_schemas::Record>(
+pub(crate) fn follow<T: fleet_schemas::Record>(
     topic: &str,
     fetch_wait_ms: u32,
     stop: Arc<AtomicBool>,
@@ -254,7 +258,7 @@ fn follow<T: fleet_schemas::Record>(
 }
 
 /// Reads notifications: (distinct emergencies notified, latencies in ms).
-fn notification_reader(
+pub(crate) fn notification_reader(
     topic: &str,
     out: Arc<Mutex<(std::collections::HashSet<String>, Vec<u64>)>>,
     stop: Arc<AtomicBool>,
@@ -279,12 +283,17 @@ fn notification_reader(
 
 /// What the Kafka reader saw.
 #[derive(Default)]
-struct Seen {
-    seqs: Vec<bool>,
-    distinct: usize,
-    total: usize,
-    to_kafka: Vec<u64>,
-    to_bridge: Vec<u64>,
+pub(crate) struct Seen {
+    pub(crate) seqs: Vec<bool>,
+    pub(crate) distinct: usize,
+    pub(crate) total: usize,
+    pub(crate) to_kafka: Vec<u64>,
+    pub(crate) to_bridge: Vec<u64>,
+    /// Records read per second since the reader started.
+    pub(crate) per_second: Vec<u64>,
+    pub(crate) started: Option<Instant>,
+    /// Newest event time read per vehicle.
+    pub(crate) newest: std::collections::HashMap<String, i64>,
 }
 
 impl Seen {
@@ -301,7 +310,7 @@ impl Seen {
 
 /// Reads `topic` from the start in a thread; records latency for sequence numbers below
 /// `measure_below` (the fixed-rate phase).
-fn reader(
+pub(crate) fn reader(
     topic: &str,
     seen: Arc<Mutex<Seen>>,
     measure_below: usize,
@@ -314,6 +323,21 @@ fn reader(
         if let Ok(mut s) = seen.lock() {
             s.total += 1;
             s.mark(seq);
+            let sec = s
+                .started
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+                .as_secs() as usize;
+            if s.per_second.len() <= sec {
+                s.per_second.resize(sec + 1, 0);
+            }
+            s.per_second[sec] += 1;
+            match s.newest.get_mut(r.vehicle_id.as_str()) {
+                Some(t) => *t = (*t).max(r.event_time),
+                None => {
+                    s.newest.insert(r.vehicle_id.clone(), r.event_time);
+                }
+            }
             if seq < measure_below
                 && let Some(sent) = r.sent_time
             {
@@ -324,9 +348,9 @@ fn reader(
     })
 }
 
-struct Publisher {
+pub(crate) struct Publisher {
     client: AsyncClient,
-    acked: Arc<AtomicUsize>,
+    pub(crate) acked: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -336,7 +360,7 @@ impl Drop for Publisher {
     }
 }
 
-async fn publisher(i: usize) -> anyhow::Result<Publisher> {
+pub(crate) async fn publisher(i: usize) -> anyhow::Result<Publisher> {
     let creds = testkit::credentials();
     let port = std::env::var("FLEET_MQTT_URL")
         .ok()
@@ -385,23 +409,72 @@ async fn publisher(i: usize) -> anyhow::Result<Publisher> {
     bail!("the simulator could not connect to MQTT on port {port} (is the stack up?)")
 }
 
-fn payload(prefix: &str, seq: usize, vehicles: usize, sent_ms: i64) -> (String, String) {
+/// Incidents injected into a fixed-rate phase of `fixed` readings (0: none), one vehicle in
+/// every 1000 of each kind: overspeed (120 km/h) and a warm reefer (35 °C) from 10 % to 60 %
+/// of the phase, and a device that goes silent from 20 % on.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Plan {
+    pub(crate) fixed: usize,
+}
+
+impl Plan {
+    pub(crate) fn overspeed(self, v: usize) -> bool {
+        self.fixed > 0 && v % 1000 == 1
+    }
+    pub(crate) fn warm(self, v: usize) -> bool {
+        self.fixed > 0 && v % 1000 == 2
+    }
+    pub(crate) fn silent(self, v: usize) -> bool {
+        self.fixed > 0 && v % 1000 == 3
+    }
+    fn in_window(self, seq: usize) -> bool {
+        seq >= self.fixed / 10 && seq < self.fixed * 6 / 10
+    }
+    /// Whether reading `seq` is not sent (its vehicle is silent by then).
+    pub(crate) fn skipped(self, seq: usize, vehicles: usize) -> bool {
+        self.silent(seq % vehicles) && seq >= self.fixed / 5 && seq < self.fixed
+    }
+    /// Readings skipped in `from..to`.
+    pub(crate) fn skipped_in(self, from: usize, to: usize, vehicles: usize) -> usize {
+        if self.fixed == 0 {
+            return 0;
+        }
+        (from..to).filter(|s| self.skipped(*s, vehicles)).count()
+    }
+}
+
+fn payload(
+    prefix: &str,
+    seq: usize,
+    vehicles: usize,
+    sent_ms: i64,
+    plan: Plan,
+) -> (String, String) {
     let v = seq % vehicles;
     let vehicle = format!("VEH-{v:05}");
     let topic = format!("{prefix}/{vehicle}/telemetry");
     let lat = 4.6 + (v % 500) as f64 * 1e-3;
     let lon = -74.08 + (seq / vehicles) as f64 * 1e-5;
+    // Below any speed limit unless injected.
+    let mut speed = 30.0 + (seq % 50) as f64;
+    let mut temp = 3.5 + (seq % 10) as f64 * 0.1;
+    if plan.in_window(seq) {
+        if plan.overspeed(v) {
+            speed = 120.0;
+        }
+        if plan.warm(v) {
+            temp = 35.0;
+        }
+    }
     let body = format!(
-        r#"{{"vehicleId":"{vehicle}","timestamp":{sent_ms},"sentAt":{sent_ms},"location":{{"lat":{lat:.6},"lon":{lon:.6}}},"speed":{:.1},"heading":{},"cargo_temperature":{:.1},"odometer":{seq},"ignition":true}}"#,
-        (seq % 110) as f64,
+        r#"{{"vehicleId":"{vehicle}","timestamp":{sent_ms},"sentAt":{sent_ms},"location":{{"lat":{lat:.6},"lon":{lon:.6}}},"speed":{speed:.1},"heading":{},"cargo_temperature":{temp:.1},"odometer":{seq},"ignition":true}}"#,
         seq % 360,
-        3.5 + (seq % 10) as f64 * 0.1
     );
     (topic, body)
 }
 
 /// Emergencies published for sequence numbers below `to`.
-fn emergencies_in(to: usize, every: usize) -> usize {
+pub(crate) fn emergencies_in(to: usize, every: usize) -> usize {
     if every == 0 { 0 } else { to.div_ceil(every) }
 }
 
@@ -419,26 +492,28 @@ fn panic_payload(prefix: &str, seq: usize, vehicles: usize, sent_ms: i64) -> (St
 /// a panic button after every `emergency_every`-th reading (0: none); `acked_before` broker
 /// acknowledgements came from earlier phases.
 #[derive(Debug, Clone, Copy)]
-struct Phase {
-    from: usize,
-    to: usize,
-    rate: usize,
-    emergency_every: usize,
-    acked_before: usize,
+pub(crate) struct Phase {
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+    pub(crate) rate: usize,
+    pub(crate) emergency_every: usize,
+    pub(crate) acked_before: usize,
+    pub(crate) plan: Plan,
 }
 
-async fn publish_range(
+pub(crate) async fn publish_range(
     pubs: &[Publisher],
     prefix: &str,
     vehicles: usize,
     phase: Phase,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, i64)> {
     let Phase {
         from,
         to,
         rate,
         emergency_every,
         acked_before,
+        plan,
     } = phase;
     let start = Instant::now();
     let start_ms = fleet_runtime::metrics::now_ms();
@@ -467,7 +542,11 @@ async fn publish_range(
                 } else {
                     fleet_runtime::metrics::now_ms()
                 };
-                let (topic, body) = payload(&prefix, seq, vehicles, intended);
+                if plan.skipped(seq, vehicles) {
+                    seq += n;
+                    continue;
+                }
+                let (topic, body) = payload(&prefix, seq, vehicles, intended, plan);
                 if client
                     .publish(topic, QoS::AtLeastOnce, false, body)
                     .await
@@ -493,7 +572,8 @@ async fn publish_range(
         h.await?;
     }
     // Acknowledgements expected in total: earlier phases' plus this one's.
-    let want: usize = acked_before + (to - from) + emergencies_in(to - from, emergency_every);
+    let want: usize = acked_before + (to - from) + emergencies_in(to - from, emergency_every)
+        - plan.skipped_in(from, to, vehicles);
     let deadline = Instant::now() + Duration::from_secs(120);
     while pubs
         .iter()
@@ -506,10 +586,10 @@ async fn publish_range(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok((to - from) as f64 / start.elapsed().as_secs_f64())
+    Ok(((to - from) as f64 / start.elapsed().as_secs_f64(), start_ms))
 }
 
-async fn bucket_quantiles(port: u16, stage: &str) -> BucketQuantiles {
+pub(crate) async fn bucket_quantiles(port: u16, stage: &str) -> BucketQuantiles {
     let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
         return BucketQuantiles::default();
     };
@@ -617,7 +697,7 @@ pub(crate) async fn run(
         "fixed rate: {rate}/s for {duration} s from {vehicles} vehicles over {connections} MQTT connections"
     );
     let probe = CpuProbe::start(bridge.id());
-    let publish_rate = publish_range(
+    let (publish_rate, _) = publish_range(
         &pubs,
         &t.prefix,
         vehicles,
@@ -627,6 +707,7 @@ pub(crate) async fn run(
             rate,
             emergency_every,
             acked_before: 0,
+            plan: Plan::default(),
         },
     )
     .await?;
@@ -657,7 +738,7 @@ pub(crate) async fn run(
 
     let probe = CpuProbe::start(bridge.id());
     // The burst starts where the broker's acknowledgement count stands (emergencies included).
-    let burst_rate = publish_range(
+    let (burst_rate, _) = publish_range(
         &pubs,
         &t.prefix,
         vehicles,
@@ -667,6 +748,7 @@ pub(crate) async fn run(
             rate: 0,
             emergency_every: 0,
             acked_before: fixed + emergencies_sent,
+            plan: Plan::default(),
         },
     )
     .await?;

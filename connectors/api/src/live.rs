@@ -184,6 +184,10 @@ pub async fn follow(
         .map(String::as_str)
         .filter(|t| !t.is_empty())
         .collect();
+    if wanted.is_empty() {
+        tracing::info!("live stream: no topics configured; the stream stays empty");
+        return;
+    }
     if let Err(e) = consumer.subscribe(&wanted) {
         tracing::error!(error = %e, "live stream: cannot subscribe; the stream stays empty");
         return;

@@ -1,0 +1,541 @@
+//! `demo` scenario: the whole pipeline under a simulated fleet, with an audit and a report.
+//!
+//! Starts, on fresh topics: `mqtt-bridge`, `telemetry-processor`, `anomaly-processor`,
+//! `emergency-processor` and `lake-sink` (release builds; one SQLite state store, a local
+//! lake directory). Then `vehicles` vehicles publish over MQTT QoS 1 at `rate` readings/s for
+//! `duration` s, each message stamped with its *intended* send time (no coordinated
+//! omission), with injected incidents ([`Plan`]): panic buttons every `emergency_every`
+//! readings, overspeed, a warm reefer and a device going silent (one vehicle in every 1000 of
+//! each). The audit afterwards:
+//!
+//! * every sent reading is in the telemetry topic (`lost`, `duplicates`) and in the lake
+//!   (`lake_rows`: rows committed to Parquet, from the files' footers);
+//! * every panic button produced its operations notification (`notifications_received`),
+//!   latency intended send -> notification read from Kafka;
+//! * every injected incident raised its alert (`alerts_expected` / `alerts_received`, by
+//!   vehicle and kind) and no other alert was raised (`alerts_unexpected`);
+//! * `vehicle_state` holds each vehicle's last reading (`state_mismatches`); latency reading ->
+//!   `vehicle_state` for 50 sampled vehicles (polled every 100 ms: 100 ms resolution);
+//! * throughput per second (read from Kafka) and consumer lag of each processor over time;
+//!   CPU per process (broker, mosquitto, registry, bridge, each processor, the load tester).
+//!
+//! Writes `report.json` and `report.html` (plots drawn by inline script, no network) to `out`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fleet_lake::{Lake, catalog};
+use fleet_runtime::testkit;
+use fleet_schemas::{Anomaly, AnomalyState};
+use fleet_state::{StateStore, Store, StoreOptions};
+use serde::Serialize;
+
+use crate::mqtt::{
+    Phase, Plan, Seen, Topics, cpu_seconds, emergencies_in, follow, notification_reader,
+    publish_range, publisher, reader, stack_pid, start_bridge, start_emergency,
+};
+use crate::telemetry::{Percentiles, free_port, metric_sum, percentiles};
+
+/// Latencies of the report, ms.
+#[derive(Debug, Serialize)]
+pub(crate) struct Latencies {
+    emergency_to_notification: Percentiles,
+    reading_to_state: Percentiles,
+    device_to_kafka: Percentiles,
+}
+
+/// The report (`report.json`).
+#[derive(Debug, Serialize)]
+pub(crate) struct DemoReport {
+    rate_target: usize,
+    duration_s: u64,
+    vehicles: usize,
+    sent: usize,
+    accepted: usize,
+    lost: usize,
+    duplicates: usize,
+    achieved_rate: f64,
+    lake_rows: u64,
+    lake_url: String,
+    emergencies_injected: usize,
+    notifications_received: usize,
+    alerts_expected: usize,
+    alerts_received: usize,
+    alerts_missing: Vec<String>,
+    alerts_unexpected: Vec<String>,
+    state_vehicles_checked: usize,
+    state_mismatches: usize,
+    latency_ms: Latencies,
+    /// Records read from the telemetry topic in each second of the run.
+    throughput_per_s: Vec<u64>,
+    /// (second, total consumer lag) of each processor, sampled every second.
+    lag: BTreeMap<String, Vec<(u64, i64)>>,
+    /// Device -> Kafka latency histogram: (upper bound ms, count).
+    latency_histogram_ms: Vec<(u64, u64)>,
+    /// CPU cores used by each process over the fixed-rate phase.
+    cpu_cores: BTreeMap<String, f64>,
+    passed: bool,
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    port: u16,
+}
+
+fn spawn(
+    name: &'static str,
+    package: &str,
+    env: &[(&str, String)],
+    port: u16,
+) -> anyhow::Result<Proc> {
+    let bin = crate::release_bin(name, package)?;
+    let mut cmd = Command::new(&bin);
+    cmd.env("FLEET_KAFKA_BROKERS", testkit::brokers())
+        .env("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url())
+        .env("FLEET_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLEET__KAFKA__CREATE_TOPICS", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Proc { name, child, port })
+}
+
+async fn ready(port: u16) -> bool {
+    for _ in 0..600 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health/ready")).await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Log-spaced histogram bounds, ms.
+const BOUNDS: [u64; 16] = [
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    60_000,
+    u64::MAX,
+];
+
+fn histogram(v: &[u64]) -> Vec<(u64, u64)> {
+    let mut h: Vec<(u64, u64)> = BOUNDS.iter().map(|b| (*b, 0)).collect();
+    for x in v {
+        if let Some(slot) = h.iter_mut().find(|(b, _)| x <= b) {
+            slot.1 += 1;
+        }
+    }
+    h
+}
+
+pub(crate) struct DemoArgs {
+    pub(crate) rate: usize,
+    pub(crate) duration: u64,
+    pub(crate) vehicles: usize,
+    pub(crate) connections: usize,
+    pub(crate) emergency_every: usize,
+    pub(crate) out: PathBuf,
+}
+
+pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
+    let DemoArgs {
+        rate,
+        duration,
+        vehicles,
+        connections,
+        emergency_every,
+        out,
+    } = a;
+    if vehicles < 4 {
+        bail!("--vehicles must be at least 4 (incidents are injected on vehicles 1, 2 and 3)");
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let run_id = testkit::random_name("demo").replace('.', "");
+    let t = Topics {
+        notifications: testkit::random_name("demo.notifications"),
+        telemetry: testkit::random_name("demo.telemetry"),
+        emergencies: testkit::random_name("demo.emergencies"),
+        deliveries: testkit::random_name("demo.deliveries"),
+        commands: testkit::random_name("demo.commands"),
+        dlq: testkit::random_name("demo.dlq"),
+        // The stack's simulator account may publish under test/ (ACL).
+        prefix: format!("test/{run_id}"),
+    };
+    let anomalies = testkit::random_name("demo.anomalies");
+    let windows = testkit::random_name("demo.windows");
+    testkit::create_topic(&t.telemetry, 12).await;
+    for topic in [
+        &t.emergencies,
+        &t.deliveries,
+        &t.commands,
+        &t.dlq,
+        &t.notifications,
+        &anomalies,
+        &windows,
+    ] {
+        testkit::create_topic(topic, 3).await;
+    }
+    let state_dir = out.join("state");
+    let _ = std::fs::remove_dir_all(&state_dir);
+    std::fs::create_dir_all(&state_dir)?;
+    let state_url = format!("sqlite://{}/state.db", state_dir.display());
+    let lake_dir = out.join("lake");
+    let _ = std::fs::remove_dir_all(&lake_dir);
+    std::fs::create_dir_all(&lake_dir)?;
+    let lake_url = lake_dir.display().to_string();
+
+    // Readers first (their consumer groups join while the pipeline starts): telemetry
+    // (completeness, device -> Kafka), notifications, alerts.
+    let fixed = rate * duration as usize;
+    let plan = Plan { fixed };
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let tele_reader = reader(&t.telemetry, seen.clone(), fixed, stop.clone())?;
+    let notified = Arc::new(Mutex::new((std::collections::HashSet::new(), Vec::new())));
+    let notif_reader = notification_reader(&t.notifications, notified.clone(), stop.clone())?;
+    let alerts = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let alert_reader = {
+        let alerts = alerts.clone();
+        follow(&anomalies, 100, stop.clone(), move |a: Anomaly, _| {
+            if a.state == AnomalyState::Raised
+                && let Ok(mut s) = alerts.lock()
+            {
+                s.insert(format!("{}:{:?}", a.vehicle_id, a.kind));
+            }
+        })?
+    };
+    // The pipeline.
+    let mut procs: Vec<Proc> = Vec::new();
+    let bridge_port = free_port();
+    procs.push(Proc {
+        name: "mqtt-bridge",
+        child: start_bridge(&t, bridge_port)?,
+        port: bridge_port,
+    });
+    let emergency_port = free_port();
+    procs.push(Proc {
+        name: "emergency-processor",
+        child: start_emergency(&t, emergency_port, &state_url)?,
+        port: emergency_port,
+    });
+    let common = |group: &str| {
+        vec![
+            ("FLEET_STATE_URL", state_url.clone()),
+            ("FLEET__RUNNER__DLQ_TOPIC", t.dlq.clone()),
+            ("FLEET__KAFKA__GROUP_ID", testkit::random_name(group)),
+        ]
+    };
+    let mut env = common("demo.telemetry");
+    env.extend([
+        ("FLEET__APP__INPUT_TOPIC", t.telemetry.clone()),
+        ("FLEET__APP__WINDOWS_TOPIC", windows.clone()),
+    ]);
+    procs.push(spawn(
+        "telemetry-processor",
+        "fleet-telemetry",
+        &env,
+        free_port(),
+    )?);
+    let mut env = common("demo.anomaly");
+    env.extend([
+        ("FLEET__APP__INPUT_TOPIC", t.telemetry.clone()),
+        ("FLEET__APP__ANOMALIES_TOPIC", anomalies.clone()),
+        ("FLEET__APP__EMERGENCIES_TOPIC", t.emergencies.clone()),
+        ("FLEET__APP__NOTIFICATIONS_TOPIC", t.notifications.clone()),
+        ("FLEET__APP__PROFILES_TOPIC", String::new()),
+        ("FLEET__APP__SUSTAIN", "10s".into()),
+        ("FLEET__APP__OFFLINE_AFTER", "20s".into()),
+        ("FLEET__APP__IDLE_TIMEOUT", "10s".into()),
+    ]);
+    procs.push(spawn(
+        "anomaly-processor",
+        "fleet-anomaly",
+        &env,
+        free_port(),
+    )?);
+    let mut env = common("demo.lake");
+    env.extend([
+        ("FLEET_LAKE_URL", lake_url.clone()),
+        ("FLEET__APP__TOPICS", format!("[\"{}\"]", t.telemetry)),
+        ("FLEET__APP__COMMIT_INTERVAL", "5s".into()),
+    ]);
+    procs.push(spawn("lake-sink", "fleet-lake", &env, free_port())?);
+    let mut not_ready = None;
+    for p in &procs {
+        if !ready(p.port).await {
+            not_ready = Some(p.name);
+            break;
+        }
+    }
+    if let Some(name) = not_ready {
+        for p in &mut procs {
+            crate::terminate(&mut p.child);
+        }
+        bail!("{name} did not become ready");
+    }
+    eprintln!(
+        "pipeline up: {}",
+        procs.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+    );
+
+    // Samplers: reading -> vehicle_state, and consumer lag, every 100 ms / 1 s.
+    let store = Store::open(&state_url, StoreOptions::default()).await?;
+    let sampled: Vec<String> = (0..vehicles)
+        .step_by((vehicles / 50).max(1))
+        .filter(|v| !plan.silent(*v))
+        .map(|v| format!("VEH-{v:05}"))
+        .collect();
+    let sampler = {
+        let (store, stop, sampled) = (store.clone(), stop.clone(), sampled.clone());
+        let lag_ports: Vec<(&'static str, u16)> = procs
+            .iter()
+            .filter(|p| p.name != "mqtt-bridge")
+            .map(|p| (p.name, p.port))
+            .collect();
+        tokio::spawn(async move {
+            let mut last: HashMap<String, i64> = HashMap::new();
+            let mut fresh = Vec::new();
+            let mut lag: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+            let start = Instant::now();
+            let mut next_lag = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let now = fleet_runtime::metrics::now_ms();
+                for v in &sampled {
+                    if let Ok(Some(s)) = store.vehicle_state(v, now).await {
+                        let prev = last.insert(v.clone(), s.event_time);
+                        if prev.is_some_and(|p| p < s.event_time) {
+                            fresh.push(
+                                (fleet_runtime::metrics::now_ms() - s.event_time).max(0) as u64
+                            );
+                        }
+                    }
+                }
+                if Instant::now() >= next_lag {
+                    next_lag += Duration::from_secs(1);
+                    for (name, port) in &lag_ports {
+                        if let Some(l) = metric_sum(*port, "fleet_consumer_lag_records").await {
+                            lag.entry((*name).to_owned())
+                                .or_default()
+                                .push((start.elapsed().as_secs(), l));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (fresh, lag)
+        })
+    };
+
+    let mut pubs = Vec::with_capacity(connections);
+    for i in 0..connections.max(1) {
+        pubs.push(publisher(i).await?);
+    }
+    // Let the readers' and processors' group joins settle before the clock starts.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let named_pids: Vec<(String, u32)> = ["kafka", "mqtt", "registry"]
+        .iter()
+        .filter_map(|s| stack_pid(s).map(|p| (format!("stack:{s}"), p)))
+        .chain(procs.iter().map(|p| (p.name.to_owned(), p.child.id())))
+        .chain([("fleet-loadtest".to_owned(), std::process::id())])
+        .collect();
+    let cpu0: Vec<f64> = named_pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let wall0 = Instant::now();
+    eprintln!(
+        "{rate} readings/s for {duration} s from {vehicles} vehicles over {connections} MQTT connections"
+    );
+    let (achieved, _start_ms) = publish_range(
+        &pubs,
+        &t.prefix,
+        vehicles,
+        Phase {
+            from: 0,
+            to: fixed,
+            rate,
+            emergency_every,
+            acked_before: 0,
+            plan,
+        },
+    )
+    .await?;
+    let wall = wall0.elapsed().as_secs_f64();
+    let cpu_cores: BTreeMap<String, f64> = named_pids
+        .iter()
+        .zip(&cpu0)
+        .map(|((n, p), c0)| {
+            (
+                n.clone(),
+                ((cpu_seconds(*p) - c0) / wall * 100.0).round() / 100.0,
+            )
+        })
+        .collect();
+    let sent = fixed - plan.skipped_in(0, fixed, vehicles);
+    let emergencies = emergencies_in(fixed, emergency_every);
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    for v in 0..vehicles {
+        let id = format!("VEH-{v:05}");
+        if plan.overspeed(v) {
+            expected.insert(format!("{id}:Overspeed"));
+        }
+        if plan.warm(v) {
+            expected.insert(format!("{id}:CargoTemperature"));
+        }
+        if plan.silent(v) {
+            expected.insert(format!("{id}:Offline"));
+        }
+    }
+    eprintln!("published at {achieved:.0}/s; auditing");
+
+    // Wait (bounded) for everything downstream.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let lake = Lake::open(&lake_url)?;
+    let mut lake_rows;
+    let mut next_progress = Instant::now();
+    loop {
+        let accepted = seen.lock().map(|s| s.distinct).unwrap_or(0);
+        let notes = notified.lock().map(|n| n.0.len()).unwrap_or(0);
+        let got_alerts = alerts
+            .lock()
+            .map(|a| expected.iter().filter(|e| a.contains(*e)).count())
+            .unwrap_or(0);
+        lake_rows = 0;
+        for p in catalog::list(&lake, std::slice::from_ref(&t.telemetry), None)
+            .await
+            .unwrap_or_default()
+        {
+            for f in &p.files {
+                lake_rows += catalog::file_rows(&lake, f).await.unwrap_or(0);
+            }
+        }
+        if Instant::now() >= next_progress {
+            next_progress += Duration::from_secs(10);
+            eprintln!(
+                "audit: {accepted}/{sent} in Kafka, {lake_rows} in the lake, {notes}/{emergencies} notified, {got_alerts}/{} alerts",
+                expected.len()
+            );
+        }
+        if (accepted >= sent
+            && notes >= emergencies
+            && got_alerts == expected.len()
+            && lake_rows >= sent as u64)
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // vehicle_state holds each vehicle's newest reading (by event time) that Kafka holds.
+    let newest: Vec<(String, i64)> = seen
+        .lock()
+        .map(|s| s.newest.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default();
+    let now = fleet_runtime::metrics::now_ms();
+    let mut mismatches = 0;
+    for (id, t) in &newest {
+        match store.vehicle_state(id, now).await {
+            Ok(Some(s)) if s.event_time == *t => {}
+            _ => mismatches += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (fresh, lag) = sampler.await?;
+    for h in [tele_reader, notif_reader, alert_reader] {
+        let _ = h.join();
+    }
+    for p in &mut procs {
+        crate::terminate(&mut p.child);
+    }
+    drop(pubs);
+
+    let s = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let lost = (0..fixed)
+        .filter(|q| !plan.skipped(*q, vehicles))
+        .filter(|q| !s.seqs.get(*q).copied().unwrap_or(false))
+        .count();
+    let got = alerts.lock().map(|a| a.clone()).unwrap_or_default();
+    let (notes, note_lat) = notified
+        .lock()
+        .map(|n| (n.0.len(), n.1.clone()))
+        .unwrap_or_default();
+    let report = DemoReport {
+        rate_target: rate,
+        duration_s: duration,
+        vehicles,
+        sent,
+        accepted: s.distinct,
+        lost,
+        duplicates: s.total.saturating_sub(s.distinct),
+        achieved_rate: achieved.round(),
+        lake_rows,
+        lake_url: lake_url.clone(),
+        emergencies_injected: emergencies,
+        notifications_received: notes,
+        alerts_expected: expected.len(),
+        alerts_received: expected.iter().filter(|e| got.contains(*e)).count(),
+        alerts_missing: expected.difference(&got).cloned().collect(),
+        alerts_unexpected: got.difference(&expected).cloned().collect(),
+        state_vehicles_checked: newest.len(),
+        state_mismatches: mismatches,
+        latency_ms: Latencies {
+            emergency_to_notification: percentiles(note_lat),
+            reading_to_state: percentiles(fresh),
+            device_to_kafka: percentiles(s.to_kafka.clone()),
+        },
+        throughput_per_s: s.per_second.clone(),
+        lag,
+        latency_histogram_ms: histogram(&s.to_kafka),
+        cpu_cores,
+        passed: false,
+    };
+    drop(s);
+    let passed = report.lost == 0
+        && report.notifications_received == report.emergencies_injected
+        && report.alerts_received == report.alerts_expected
+        && report.lake_rows == report.accepted as u64
+        && report.state_mismatches == 0;
+    let report = DemoReport { passed, ..report };
+    write_report(&out, &report)?;
+    Ok(report)
+}
+
+/// Writes `report.json` and `report.html` into `out`.
+pub(crate) fn write_report(out: &Path, report: &impl Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(out.join("report.json"), &json)?;
+    std::fs::write(out.join("report.html"), render_html(&json))?;
+    Ok(())
+}
+
+/// The HTML report for a report's JSON (plots drawn by inline script; no network).
+pub(crate) fn render_html(json: &str) -> String {
+    // `</` inside a script element would end it.
+    TEMPLATE.replace("/*REPORT*/null", &json.replace("</", "<\\/"))
+}
+
+const TEMPLATE: &str = include_str!("report.html");
