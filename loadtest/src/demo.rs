@@ -539,3 +539,43 @@ pub(crate) fn render_html(json: &str) -> String {
 }
 
 const TEMPLATE: &str = include_str!("report.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_by_upper_bound() {
+        let h = histogram(&[0, 1, 2, 3, 999, 1_000, 1_001, u64::MAX]);
+        let get = |b: u64| h.iter().find(|(x, _)| *x == b).map(|(_, n)| *n);
+        assert_eq!(get(1), Some(2));
+        assert_eq!(get(2), Some(1));
+        assert_eq!(get(5), Some(1));
+        assert_eq!(get(1_000), Some(2));
+        assert_eq!(get(2_000), Some(1));
+        assert_eq!(get(u64::MAX), Some(1));
+        assert_eq!(h.iter().map(|(_, n)| n).sum::<u64>(), 8);
+    }
+
+    #[test]
+    fn the_report_json_cannot_end_its_script_element() {
+        let html = render_html(r#"{"lake_url": "</script><script>alert(1)</script>"}"#);
+        assert!(!html.contains("</script><script>alert(1)"));
+        assert!(html.contains(r#"const R = {"lake_url": "<\/script>"#));
+        assert!(!html.contains("/*REPORT*/"));
+    }
+
+    #[test]
+    fn the_plan_skips_only_silent_vehicles_after_a_fifth() {
+        let plan = Plan { fixed: 10_000 };
+        let vehicles = 1_000;
+        assert!(plan.overspeed(1) && plan.warm(2) && plan.silent(3) && !plan.silent(4));
+        assert!(plan.silent(1_003));
+        // Vehicle 3 reports at seq 3, 1003, ...: silent from seq 2000 on.
+        assert!(!plan.skipped(1_003, vehicles));
+        assert!(plan.skipped(2_003, vehicles));
+        assert!(!plan.skipped(2_004, vehicles));
+        assert_eq!(plan.skipped_in(0, 10_000, vehicles), 8);
+        assert_eq!(Plan::default().skipped_in(0, 10_000, vehicles), 0);
+    }
+}
