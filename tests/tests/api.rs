@@ -371,20 +371,33 @@ async fn api_reads_streams_and_draws_the_live_map() {
                 .output()
         })
     };
-    let late_alert = async {
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let mut a = anomaly.clone();
-        a.event_id = ids::derived_id(&["e2e-api-anomaly-2", &t.to_string()]);
-        testkit::populate_topic(
-            &anomalies,
-            &[(
-                a.vehicle_id.clone().into_bytes(),
-                aenc.encode(&a).expect("encode"),
-            )],
-        )
-        .await;
+    // Alerts keep coming while the browser runs (the page's stream starts when it connects,
+    // which may take a while under load): at least one arrives after it subscribed.
+    let alerting = Arc::new(AtomicBool::new(true));
+    let alerts_task = {
+        let (alerting, anomalies, anomaly) = (alerting.clone(), anomalies.clone(), anomaly.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while alerting.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                n += 1;
+                let mut a = anomaly.clone();
+                a.event_id =
+                    ids::derived_id(&["e2e-api-anomaly-map", &n.to_string(), &t.to_string()]);
+                testkit::populate_topic(
+                    &anomalies,
+                    &[(
+                        a.vehicle_id.clone().into_bytes(),
+                        aenc.encode(&a).expect("encode"),
+                    )],
+                )
+                .await;
+            }
+        })
     };
-    let (out, ()) = tokio::join!(browser, late_alert);
+    let out = browser.await;
+    alerting.store(false, Ordering::Relaxed);
+    alerts_task.await.expect("alerts task");
     let out = out
         .expect("browser task")
         .expect("node runs (scripts/lib.sh need_browser installs it)");
