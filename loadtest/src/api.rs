@@ -97,20 +97,7 @@ pub(crate) async fn run(
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let ready = format!("http://127.0.0.1:{metrics_port}/health/ready");
-    let mut up = false;
-    for _ in 0..300 {
-        if http
-            .get(&ready)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let up = crate::wait_ready(metrics_port, 30).await;
     if !up {
         crate::terminate(&mut child);
         bail!("fleet-api did not become ready");

@@ -111,18 +111,6 @@ fn spawn(
     Ok(Proc { name, child, port })
 }
 
-async fn ready(port: u16) -> bool {
-    for _ in 0..600 {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health/ready")).await
-            && r.status().is_success()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 /// Log-spaced histogram bounds, ms.
 const BOUNDS: [u64; 16] = [
     1,
@@ -287,7 +275,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     procs.push(spawn("lake-sink", "fleet-lake", &env, free_port())?);
     let mut not_ready = None;
     for p in &procs {
-        if !ready(p.port).await {
+        if !crate::wait_ready(p.port, 60).await {
             not_ready = Some(p.name);
             break;
         }

@@ -274,6 +274,20 @@ pub(crate) fn terminate(child: &mut std::process::Child) {
 }
 
 /// The release binary `name` next to this one (built with `cargo build --release -p package`).
+/// Waits up to `secs` seconds for a binary's `/health/ready` on `port` to answer 200.
+pub(crate) async fn wait_ready(port: u16, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health/ready")).await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 pub(crate) fn release_bin(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     let bin = std::env::current_exe()?.with_file_name(name);
     if !bin.exists() {

@@ -657,18 +657,7 @@ pub(crate) async fn run(
     }
     let http_port = free_port();
     let mut bridge = start_bridge(&t, http_port)?;
-    let ready = async {
-        for _ in 0..300 {
-            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http_port}/health/ready")).await
-                && r.status().is_success()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    };
-    if !ready.await {
+    if !crate::wait_ready(http_port, 30).await {
         let _ = bridge.kill();
         bail!("mqtt-bridge did not become ready");
     }

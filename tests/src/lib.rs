@@ -121,6 +121,11 @@ impl Drop for Proc {
     }
 }
 
+/// Wall-clock time, ms since the epoch.
+pub fn now_ms() -> i64 {
+    fleet_runtime::metrics::now_ms()
+}
+
 /// Environment that keeps consumer-group restarts short on the local broker: a killed member
 /// holds its partitions until its session times out, and a rebalance waits up to the members'
 /// max poll interval.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fleet_e2e::testkit;
-use fleet_e2e::{Proc, bin_path, free_port, wait_ready};
+use fleet_e2e::{Proc, bin_path, free_port, now_ms, wait_ready};
 use fleet_schemas::{
     Anomaly, AnomalyKind, AnomalyState, EmergencyEvent, EmergencyKind, Encoder, Position, Registry,
     Severity, TelemetryReading, ids,
@@ -21,13 +21,6 @@ use rdkafka::producer::FutureRecord;
 
 const OPS: &str = "operator-token-e2e-0001";
 const ACME: &str = "customer-token-acme-e2e";
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
 
 fn vehicle(i: usize) -> String {
     format!("VEH-API{i:02}")

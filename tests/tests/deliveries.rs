@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fleet_e2e::testkit::{self, TopicTail};
-use fleet_e2e::{Proc, decode_all, fast_rejoin, wait_ready};
+use fleet_e2e::{Proc, decode_all, fast_rejoin, now_ms, wait_ready};
 use fleet_schemas::{
     DeadLetter, DeliveryEvent, DeliveryKind, Encoder, Notification, Position, Registry,
     TelemetryReading, ids,
@@ -65,7 +65,7 @@ fn delivery_event(v: usize, kind: DeliveryKind, t: i64) -> DeliveryEvent {
 }
 
 fn dataset() -> Data {
-    let base = testkit_now() - 2 * 3_600_000;
+    let base = now_ms() - 2 * 3_600_000;
     let mut deliveries = Vec::new();
     for v in 0..VEHICLES {
         let (lat, lon) = dest(v);
@@ -116,13 +116,6 @@ fn dataset() -> Data {
         deliveries,
         telemetry,
     }
-}
-
-fn testkit_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
 }
 
 struct Run {

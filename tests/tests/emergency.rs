@@ -98,6 +98,8 @@ async fn a_panic_button_reaches_people_and_the_camera_once() {
     assert_eq!(cmds[0].0, format!("{prefix}/VEH-F1/commands"));
     let body: serde_json::Value = serde_json::from_slice(&cmds[0].1).expect("JSON");
     assert_eq!(body["command"], "start_camera");
+    // The tail of the emergencies topic may see the record after the notifications arrived.
+    assert!(emg_tail.wait_for(1, Duration::from_secs(30)).await >= 1);
     let incident_id = {
         let dec = Decoder::<EmergencyEvent>::new(
             Registry::new(&testkit::registry_url()).expect("registry"),
