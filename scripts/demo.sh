@@ -67,6 +67,7 @@ rows = [
     ("achieved rate", f'{r["achieved_rate"]:.0f}/s (target {r["rate_target"]}/s, {r["duration_s"]} s)'),
     ("sent / accepted / lost / duplicates", f'{r["sent"]} / {r["accepted"]} / {r["lost"]} / {r["duplicates"]}'),
     ("lake rows", f'{r["lake_rows"]}  ({r["lake_url"]})'),
+    ("lake event ids missing / dup / unexpected", f'{r["lake_missing"]} / {r["lake_duplicates"]} / {r["lake_unexpected"]}'),
     ("emergencies -> notifications", f'{r["emergencies_injected"]} -> {r["notifications_received"]}'),
     ("alerts expected / received", f'{r["alerts_expected"]} / {r["alerts_received"]}'),
     ("vehicle_state mismatches", f'{r["state_mismatches"]} of {r["state_vehicles_checked"]}'),

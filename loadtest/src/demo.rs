@@ -8,8 +8,9 @@
 //! readings, overspeed, a warm reefer and a device going silent (one vehicle in every 1000 of
 //! each). The audit afterwards:
 //!
-//! * every sent reading is in the telemetry topic (`lost`, `duplicates`) and in the lake
-//!   (`lake_rows`: rows committed to Parquet, from the files' footers);
+//! * every sent reading is in the telemetry topic (`lost`, `duplicates`) and in the lake:
+//!   every event id read from Kafka is in exactly one committed Parquet row, and the lake holds
+//!   nothing else (`lake_missing`, `lake_duplicates`, `lake_unexpected`; `lake_rows` counts);
 //! * every panic button produced its operations notification (`notifications_received`),
 //!   latency intended send -> notification read from Kafka;
 //! * every injected incident raised its alert (`alerts_expected` / `alerts_received`, by
@@ -61,6 +62,12 @@ pub(crate) struct DemoReport {
     duplicates: usize,
     achieved_rate: f64,
     lake_rows: u64,
+    /// Event ids read from Kafka that no committed lake file holds.
+    lake_missing: usize,
+    /// Event ids held more than once by the lake.
+    lake_duplicates: usize,
+    /// Event ids in the lake that the telemetry topic does not hold.
+    lake_unexpected: usize,
     lake_url: String,
     emergencies_injected: usize,
     notifications_received: usize,
@@ -202,7 +209,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     let fixed = rate * duration as usize;
     let plan = Plan { fixed };
     let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(Seen {
+        keep_ids: true,
+        ..Seen::default()
+    }));
     let tele_reader = reader(&t.telemetry, seen.clone(), fixed, stop.clone())?;
     let notified = Arc::new(Mutex::new((std::collections::HashSet::new(), Vec::new())));
     let notif_reader = notification_reader(&t.notifications, notified.clone(), stop.clone())?;
@@ -459,9 +469,18 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     }
     drop(pubs);
 
+    // The lake by event id: every id read from Kafka exactly once, nothing else.
+    let lake_ids = lake_event_ids(&lake, &t.telemetry).await?;
     let s = seen
         .lock()
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let lake_missing = s
+        .ids
+        .iter()
+        .filter(|id| !lake_ids.contains_key(*id))
+        .count();
+    let lake_duplicates = lake_ids.values().filter(|n| **n > 1).count();
+    let lake_unexpected = lake_ids.keys().filter(|id| !s.ids.contains(*id)).count();
     let lost = (0..fixed)
         .filter(|q| !plan.skipped(*q, vehicles))
         .filter(|q| !s.seqs.get(*q).copied().unwrap_or(false))
@@ -481,6 +500,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         duplicates: s.total.saturating_sub(s.distinct),
         achieved_rate: achieved.round(),
         lake_rows,
+        lake_missing,
+        lake_duplicates,
+        lake_unexpected,
         lake_url: lake_url.clone(),
         emergencies_injected: emergencies,
         notifications_received: notes,
@@ -506,10 +528,40 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         && report.notifications_received == report.emergencies_injected
         && report.alerts_received == report.alerts_expected
         && report.lake_rows == report.accepted as u64
+        && report.lake_missing == 0
+        && report.lake_duplicates == 0
+        && report.lake_unexpected == 0
         && report.state_mismatches == 0;
     let report = DemoReport { passed, ..report };
     write_report(&out, &report)?;
     Ok(report)
+}
+
+/// event_id -> copies, over every committed Parquet file of `topic` in the lake.
+async fn lake_event_ids(lake: &Lake, topic: &str) -> anyhow::Result<HashMap<String, u32>> {
+    use arrow::array::{Array, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut out: HashMap<String, u32> = HashMap::new();
+    for files in catalog::data_files(lake, topic, None).await?.values() {
+        for f in files {
+            let Some(bytes) = lake.get(&f.rel).await? else {
+                bail!("listed lake file {} is gone", f.rel);
+            };
+            for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
+                let batch = batch?;
+                let ids = batch
+                    .column_by_name("event_id")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .with_context(|| format!("{}: no string event_id column", f.rel))?;
+                for i in 0..ids.len() {
+                    if ids.is_valid(i) {
+                        *out.entry(ids.value(i).to_owned()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `report.json` and `report.html` into `out`.

@@ -294,6 +294,9 @@ pub(crate) struct Seen {
     pub(crate) started: Option<Instant>,
     /// Newest event time read per vehicle.
     pub(crate) newest: std::collections::HashMap<String, i64>,
+    /// Every distinct event id read (kept only when `keep_ids`).
+    pub(crate) ids: std::collections::HashSet<String>,
+    pub(crate) keep_ids: bool,
 }
 
 impl Seen {
@@ -332,6 +335,9 @@ pub(crate) fn reader(
                 s.per_second.resize(sec + 1, 0);
             }
             s.per_second[sec] += 1;
+            if s.keep_ids && !s.ids.contains(r.event_id.as_str()) {
+                s.ids.insert(r.event_id.clone());
+            }
             match s.newest.get_mut(r.vehicle_id.as_str()) {
                 Some(t) => *t = (*t).max(r.event_time),
                 None => {
