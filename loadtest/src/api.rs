@@ -8,8 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleet_runtime::testkit;
@@ -103,71 +102,38 @@ pub(crate) async fn run(
         bail!("fleet-api did not become ready");
     }
     let base = format!("http://127.0.0.1:{port}/v1/vehicles/");
-    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
     let cpu0 = cpu_seconds(child.id());
-    let started = Instant::now();
-    let end = started + Duration::from_secs(duration);
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (http, base, lat, st) = (
-            http.clone(),
-            base.clone(),
-            latencies.clone(),
-            statuses.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            let mut local: BTreeMap<u16, usize> = BTreeMap::new();
-            // A cheap deterministic spread over the vehicles (LCG), different per client.
-            let mut x = 0x9e37_79b9_u64.wrapping_mul(c as u64 + 1);
-            let mut url = String::with_capacity(base.len() + 10);
-            while Instant::now() < end {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                let v = (x >> 33) as usize % vehicles;
-                url.clear();
-                url.push_str(&base);
-                url.push_str(&format!("VEH-{v:05}"));
-                let t0 = Instant::now();
-                let status = match http.get(&url).bearer_auth(TOKEN).send().await {
-                    Ok(r) => {
-                        let s = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        s
-                    }
-                    Err(_) => 0,
-                };
-                mine.push(t0.elapsed().as_micros() as u64);
-                *local.entry(status).or_default() += 1;
-            }
-            if let Ok(mut l) = lat.lock() {
-                l.extend(mine);
-            }
-            if let Ok(mut s) = st.lock() {
-                for (k, n) in local {
-                    *s.entry(k).or_default() += n;
+    let run = crate::closed_loop(clients, Duration::from_secs(duration), move |c, seq| {
+        // A cheap deterministic spread over the vehicles (splitmix64 of client and sequence).
+        let mut x = ((c as u64) << 40 | seq as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let v = (x ^ (x >> 31)) as usize % vehicles;
+        let req = http.get(format!("{base}VEH-{v:05}")).bearer_auth(TOKEN);
+        async move {
+            match req.send().await {
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    s
                 }
+                Err(_) => 0,
             }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
+        }
+    })
+    .await?;
+    let seconds = run.seconds;
     let cores = (cpu_seconds(child.id()) - cpu0) / seconds;
     crate::terminate(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
-    let mut lat = std::mem::take(&mut *latencies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let mut lat = run.latencies_us;
     lat.sort_unstable();
     let at = |q: f64| {
         lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
             .copied()
             .unwrap_or(0)
     };
-    let statuses = statuses
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
+    let statuses = run.statuses;
     Ok(ApiReport {
         vehicles,
         clients,

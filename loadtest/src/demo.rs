@@ -366,7 +366,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     eprintln!(
         "{rate} readings/s for {duration} s from {vehicles} vehicles over {connections} MQTT connections"
     );
-    let (achieved, _start_ms) = publish_range(
+    let achieved = publish_range(
         &pubs,
         &t.prefix,
         vehicles,

@@ -8,8 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleet_runtime::testkit;
@@ -85,69 +84,40 @@ pub(crate) async fn run(
         bail!("http-ingest did not become ready");
     }
     let url = format!("http://127.0.0.1:{port}/v1/telemetry");
-    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
     let cpu0 = cpu_seconds(child.id());
-    let started = Instant::now();
-    let end = started + Duration::from_secs(duration);
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (http, url, lat, st) = (
-            http.clone(),
-            url.clone(),
-            latencies.clone(),
-            statuses.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            let mut seq = 0usize;
-            while Instant::now() < end {
-                let now = fleet_runtime::metrics::now_ms();
-                let body = (0..batch)
-                    .map(|k| {
-                        let i = seq * clients * batch + c * batch + k;
-                        let v = i % vehicles;
-                        format!(
-                            r#"{{"eventId":"lt-{c}-{seq}-{k}","vehicleId":"VEH-{v:05}","timestamp":{now},"location":{{"lat":{},"lon":-74.08}},"speed":{}}}"#,
-                            4.6 + (i % 1000) as f64 * 1e-4,
-                            i % 110
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let t0 = Instant::now();
-                let status = http
-                    .post(&url)
-                    .bearer_auth(TOKEN)
-                    .header("content-type", "application/json")
-                    .body(format!("[{body}]"))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0);
-                mine.push(t0.elapsed().as_micros() as u64);
-                if let Ok(mut s) = st.lock() {
-                    *s.entry(status).or_default() += 1;
-                }
-                seq += 1;
-            }
-            if let Ok(mut l) = lat.lock() {
-                l.extend(mine);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let run = crate::closed_loop(clients, Duration::from_secs(duration), move |c, seq| {
+        let now = fleet_runtime::metrics::now_ms();
+        let body = (0..batch)
+            .map(|k| {
+                let i = seq * clients * batch + c * batch + k;
+                let v = i % vehicles;
+                format!(
+                    r#"{{"eventId":"lt-{c}-{seq}-{k}","vehicleId":"VEH-{v:05}","timestamp":{now},"location":{{"lat":{},"lon":-74.08}},"speed":{}}}"#,
+                    4.6 + (i % 1000) as f64 * 1e-4,
+                    i % 110
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let req = http
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(format!("[{body}]"));
+        async move {
+            req.send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    })
+    .await?;
+    let seconds = run.seconds;
     let cores = (cpu_seconds(child.id()) - cpu0) / seconds;
     crate::terminate(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
-    let lat = std::mem::take(&mut *latencies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    let statuses = statuses
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
+    let lat = run.latencies_us;
+    let statuses = run.statuses;
     let requests = lat.len();
     let accepted = statuses.get(&202).copied().unwrap_or(0) * batch;
     let us = percentiles(lat.clone());

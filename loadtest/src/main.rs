@@ -495,6 +495,76 @@ async fn passthrough(
     })
 }
 
+/// What closed-loop clients saw.
+pub(crate) struct ClosedLoop {
+    /// Each request's latency, microseconds.
+    pub(crate) latencies_us: Vec<u64>,
+    /// Answers by HTTP status (0: no answer).
+    pub(crate) statuses: std::collections::BTreeMap<u16, usize>,
+    /// Wall-clock seconds the clients ran.
+    pub(crate) seconds: f64,
+}
+
+/// Runs `clients` closed-loop clients for `duration`: client `c` calls `request(c, seq)` for
+/// its `seq`-th request as soon as the previous one was answered. Calling `request` prepares
+/// the request (not timed); awaiting the returned future sends it and gives the status (timed).
+pub(crate) async fn closed_loop<F, Fut>(
+    clients: usize,
+    duration: Duration,
+    request: F,
+) -> anyhow::Result<ClosedLoop>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = u16> + Send,
+{
+    let request = std::sync::Arc::new(request);
+    let started = Instant::now();
+    let end = started + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+                let mut seq = 0;
+                while Instant::now() < end {
+                    let answer = request(c, seq);
+                    let t0 = Instant::now();
+                    let status = answer.await;
+                    latencies.push(t0.elapsed().as_micros() as u64);
+                    *statuses.entry(status).or_default() += 1;
+                    seq += 1;
+                }
+                (latencies, statuses)
+            })
+        })
+        .collect();
+    let mut out = ClosedLoop {
+        latencies_us: Vec::new(),
+        statuses: std::collections::BTreeMap::new(),
+        seconds: 0.0,
+    };
+    for t in tasks {
+        let (latencies, statuses) = t.await?;
+        out.latencies_us.extend(latencies);
+        for (k, n) in statuses {
+            *out.statuses.entry(k).or_default() += n;
+        }
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Prints a scenario's JSON report, and writes it to `report` too if given.
+fn emit(r: &impl Serialize, report: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(r)?;
+    println!("{json}");
+    if let Some(path) = report {
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -507,12 +577,7 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = http::run(clients.max(1), batch.max(1), duration, vehicles.max(1)).await?;
-            let json = serde_json::to_string_pretty(&r)?;
-            println!("{json}");
-            if let Some(path) = report {
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            emit(&r, report.as_deref())?;
         }
         Scenario::Demo {
             rate,
@@ -531,7 +596,7 @@ async fn main() -> anyhow::Result<()> {
                 out: out.clone(),
             })
             .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            emit(&r, None)?;
             eprintln!("report: {}/report.json and report.html", out.display());
         }
         Scenario::RenderReport { json, out } => {
@@ -550,12 +615,7 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = api::run(vehicles.max(1), clients.max(1), duration).await?;
-            let json = serde_json::to_string_pretty(&r)?;
-            println!("{json}");
-            if let Some(path) = report {
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            emit(&r, report.as_deref())?;
         }
         Scenario::Lake {
             records,
@@ -565,12 +625,7 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = lake::run(records, vehicles.max(1), max_file_rows, commit_interval_s).await?;
-            let json = serde_json::to_string_pretty(&r)?;
-            println!("{json}");
-            if let Some(path) = report {
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            emit(&r, report.as_deref())?;
         }
         Scenario::Anomaly {
             records,
@@ -578,12 +633,7 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = anomaly::run(records, vehicles.max(1)).await?;
-            let json = serde_json::to_string_pretty(&r)?;
-            println!("{json}");
-            if let Some(path) = report {
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            emit(&r, report.as_deref())?;
         }
         Scenario::Telemetry {
             rate,
@@ -593,12 +643,7 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = telemetry::run(rate, duration, vehicles.max(1), backlog).await?;
-            let json = serde_json::to_string_pretty(&r)?;
-            println!("{json}");
-            if let Some(path) = report {
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            emit(&r, report.as_deref())?;
         }
         Scenario::Mqtt {
             rate,
@@ -618,12 +663,7 @@ async fn main() -> anyhow::Result<()> {
                 emergency_every,
             )
             .await?;
-            let json = serde_json::to_string_pretty(&r)?;
-            println!("{json}");
-            if let Some(path) = report {
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            emit(&r, report.as_deref())?;
         }
         Scenario::Passthrough {
             records,
@@ -632,12 +672,7 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = passthrough(records, partitions, vehicles.max(1)).await?;
-            let json = serde_json::to_string_pretty(&r)?;
-            println!("{json}");
-            if let Some(path) = report {
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            emit(&r, report.as_deref())?;
         }
     }
     Ok(())

@@ -512,7 +512,7 @@ pub(crate) async fn publish_range(
     prefix: &str,
     vehicles: usize,
     phase: Phase,
-) -> anyhow::Result<(f64, i64)> {
+) -> anyhow::Result<f64> {
     let Phase {
         from,
         to,
@@ -592,7 +592,7 @@ pub(crate) async fn publish_range(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(((to - from) as f64 / start.elapsed().as_secs_f64(), start_ms))
+    Ok((to - from) as f64 / start.elapsed().as_secs_f64())
 }
 
 pub(crate) async fn bucket_quantiles(port: u16, stage: &str) -> BucketQuantiles {
@@ -692,7 +692,7 @@ pub(crate) async fn run(
         "fixed rate: {rate}/s for {duration} s from {vehicles} vehicles over {connections} MQTT connections"
     );
     let probe = CpuProbe::start(bridge.id());
-    let (publish_rate, _) = publish_range(
+    let publish_rate = publish_range(
         &pubs,
         &t.prefix,
         vehicles,
@@ -733,7 +733,7 @@ pub(crate) async fn run(
 
     let probe = CpuProbe::start(bridge.id());
     // The burst starts where the broker's acknowledgement count stands (emergencies included).
-    let (burst_rate, _) = publish_range(
+    let burst_rate = publish_range(
         &pubs,
         &t.prefix,
         vehicles,
