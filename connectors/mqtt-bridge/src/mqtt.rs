@@ -87,6 +87,8 @@ pub enum MqttEvent {
     Message(Message),
     /// The broker acknowledged one of our QoS 1 publishes.
     PubAck,
+    /// Every filter of a subscription was granted: messages now flow.
+    Subscribed,
     /// A subscription was refused.
     SubscribeRefused(String),
     /// The connection failed or dropped; the task reconnects after a backoff.
@@ -342,6 +344,7 @@ fn from_v311(ev: Result<rumqttc::Event, rumqttc::ConnectionError>) -> Option<Mqt
         {
             Some(MqttEvent::SubscribeRefused(format!("{:?}", a.return_codes)))
         }
+        Ok(Event::Incoming(Packet::SubAck(_))) => Some(MqttEvent::Subscribed),
         Ok(_) => None,
         Err(e) => Some(MqttEvent::Disconnected(e.to_string())),
     }
@@ -364,6 +367,7 @@ fn from_v5(ev: Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>) -> Opti
         {
             Some(MqttEvent::SubscribeRefused(format!("{:?}", a.return_codes)))
         }
+        Ok(Event::Incoming(Packet::SubAck(_))) => Some(MqttEvent::Subscribed),
         Ok(_) => None,
         Err(e) => Some(MqttEvent::Disconnected(e.to_string())),
     }

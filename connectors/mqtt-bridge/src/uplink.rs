@@ -199,6 +199,10 @@ impl Uplink {
                                 tracing::error!(error = %e, "subscribing failed");
                             }
                         });
+                    }
+                    // Ready once the broker granted the subscription: a new session has no
+                    // subscription before that, and a device's message would find nobody.
+                    Some(MqttEvent::Subscribed) => {
                         self.metrics.health.set_dependency("mqtt", true);
                     }
                     Some(MqttEvent::SubscribeRefused(codes)) => {
