@@ -36,9 +36,11 @@ use fleet_schemas::{Anomaly, AnomalyState};
 use fleet_state::{StateStore, Store, StoreOptions};
 use serde::Serialize;
 
+use crate::door::{Transport, kafka_publisher, publisher};
+use crate::fleet::Fleet;
 use crate::mqtt::{
     Phase, Plan, Seen, Topics, cpu_seconds, emergencies_in, follow, notification_reader,
-    publish_range, publisher, reader, stack_pid, start_bridge, start_emergency,
+    publish_range, reader, stack_pid, start_bridge, start_emergency,
 };
 use crate::telemetry::{Percentiles, free_port, metric_sum, percentiles};
 
@@ -56,6 +58,14 @@ pub(crate) struct DemoReport {
     rate_target: usize,
     duration_s: u64,
     vehicles: usize,
+    /// The fleet's seed (same seed, same readings).
+    seed: u64,
+    /// How the devices reached Kafka.
+    transport: Transport,
+    /// Vehicles whose planned route was published as a profile (the route rule watches them).
+    routes_published: usize,
+    /// Vehicles driving each corridor.
+    corridors: BTreeMap<&'static str, usize>,
     sent: usize,
     accepted: usize,
     lost: usize,
@@ -69,7 +79,9 @@ pub(crate) struct DemoReport {
     /// Event ids in the lake that the telemetry topic does not hold.
     lake_unexpected: usize,
     lake_url: String,
+    /// Panic buttons and crashes (every other emergency is a crash).
     emergencies_injected: usize,
+    crashes_injected: usize,
     notifications_received: usize,
     alerts_expected: usize,
     alerts_received: usize,
@@ -148,12 +160,54 @@ fn histogram(v: &[u64]) -> Vec<(u64, u64)> {
     h
 }
 
+/// Publishes the planned route of every vehicle `plan.routed` picks as its profile (so the
+/// route rule watches them), Avro-encoded as fleetctl does; returns how many.
+async fn publish_profiles(fleet: &Fleet, plan: Plan, topic: &str) -> anyhow::Result<usize> {
+    let registry = fleet_schemas::Registry::new(&testkit::registry_url())?;
+    let encoder =
+        fleet_schemas::Encoder::<fleet_schemas::VehicleProfile>::register(&registry, topic)
+            .await
+            .context("registering the VehicleProfile schema")?;
+    let now = fleet_runtime::metrics::now_ms();
+    let mut records = Vec::new();
+    for v in (0..fleet.vehicles()).filter(|v| plan.routed(*v)) {
+        let vehicle_id = format!("VEH-{v:05}");
+        let profile = fleet_schemas::VehicleProfile {
+            event_id: fleet_schemas::ids::derived_id(&["demo-profile", &vehicle_id]),
+            vehicle_id: vehicle_id.clone(),
+            updated_at: now,
+            customer_id: None,
+            cargo_temp_min_c: None,
+            cargo_temp_max_c: None,
+            speed_limit_kmh: None,
+            offline_after_ms: None,
+            route_corridor_m: None,
+            route: fleet
+                .corridor(v)
+                .points
+                .iter()
+                .map(|(lat, lon)| fleet_schemas::Waypoint {
+                    lat: *lat,
+                    lon: *lon,
+                })
+                .collect(),
+            geofences: Vec::new(),
+            contacts: Vec::new(),
+        };
+        records.push((vehicle_id.into_bytes(), encoder.encode(&profile)?));
+    }
+    testkit::populate_topic(topic, &records).await;
+    Ok(records.len())
+}
+
 pub(crate) struct DemoArgs {
     pub(crate) rate: usize,
     pub(crate) duration: u64,
     pub(crate) vehicles: usize,
     pub(crate) connections: usize,
     pub(crate) emergency_every: usize,
+    pub(crate) seed: u64,
+    pub(crate) transport: Transport,
     pub(crate) out: PathBuf,
 }
 
@@ -164,6 +218,8 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         vehicles,
         connections,
         emergency_every,
+        seed,
+        transport,
         out,
     } = a;
     if vehicles < 4 {
@@ -183,6 +239,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     };
     let anomalies = testkit::random_name("demo.anomalies");
     let windows = testkit::random_name("demo.windows");
+    let profiles = testkit::random_name("demo.profiles");
     testkit::create_topic(&t.telemetry, 12).await;
     for topic in [
         &t.emergencies,
@@ -192,9 +249,15 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         &t.notifications,
         &anomalies,
         &windows,
+        &profiles,
     ] {
         testkit::create_topic(topic, 3).await;
     }
+    let fleet = Arc::new(Fleet::new(seed, vehicles));
+    let plan = Plan {
+        fixed: rate * duration as usize,
+    };
+    let routed = publish_profiles(&fleet, plan, &profiles).await?;
     let state_dir = out.join("state");
     let _ = std::fs::remove_dir_all(&state_dir);
     std::fs::create_dir_all(&state_dir)?;
@@ -206,8 +269,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
 
     // Readers first (their consumer groups join while the pipeline starts): telemetry
     // (completeness, device -> Kafka), notifications, alerts.
-    let fixed = rate * duration as usize;
-    let plan = Plan { fixed };
+    let fixed = plan.fixed;
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen {
         keep_ids: true,
@@ -229,12 +291,14 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     };
     // The pipeline.
     let mut procs: Vec<Proc> = Vec::new();
-    let bridge_port = free_port();
-    procs.push(Proc {
-        name: "mqtt-bridge",
-        child: start_bridge(&t, bridge_port)?,
-        port: bridge_port,
-    });
+    if transport == Transport::Mqtt {
+        let bridge_port = free_port();
+        procs.push(Proc {
+            name: "mqtt-bridge",
+            child: start_bridge(&t, bridge_port)?,
+            port: bridge_port,
+        });
+    }
     let emergency_port = free_port();
     procs.push(Proc {
         name: "emergency-processor",
@@ -265,7 +329,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         ("FLEET__APP__ANOMALIES_TOPIC", anomalies.clone()),
         ("FLEET__APP__EMERGENCIES_TOPIC", t.emergencies.clone()),
         ("FLEET__APP__NOTIFICATIONS_TOPIC", t.notifications.clone()),
-        ("FLEET__APP__PROFILES_TOPIC", String::new()),
+        ("FLEET__APP__PROFILES_TOPIC", profiles.clone()),
         ("FLEET__APP__SUSTAIN", "10s".into()),
         ("FLEET__APP__OFFLINE_AFTER", "20s".into()),
         ("FLEET__APP__IDLE_TIMEOUT", "10s".into()),
@@ -351,7 +415,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
 
     let mut pubs = Vec::with_capacity(connections);
     for i in 0..connections.max(1) {
-        pubs.push(publisher(i).await?);
+        pubs.push(Arc::new(match transport {
+            Transport::Mqtt => publisher(i).await?,
+            Transport::Kafka => kafka_publisher(&t.telemetry, &t.emergencies).await?,
+        }));
     }
     // Let the readers' and processors' group joins settle before the clock starts.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -369,7 +436,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     let achieved = publish_range(
         &pubs,
         &t.prefix,
-        vehicles,
+        &fleet,
         Phase {
             from: 0,
             to: fixed,
@@ -404,6 +471,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         }
         if plan.silent(v) {
             expected.insert(format!("{id}:Offline"));
+        }
+        if plan.deviate(v) {
+            expected.insert(format!("{id}:RouteDeviation"));
         }
     }
     eprintln!("published at {achieved:.0}/s; auditing");
@@ -494,6 +564,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         rate_target: rate,
         duration_s: duration,
         vehicles,
+        seed,
+        transport,
+        routes_published: routed,
+        corridors: fleet.per_corridor(),
         sent,
         accepted: s.distinct,
         lost,
@@ -505,6 +579,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         lake_unexpected,
         lake_url: lake_url.clone(),
         emergencies_injected: emergencies,
+        crashes_injected: emergencies / 2,
         notifications_received: notes,
         alerts_expected: expected.len(),
         alerts_received: expected.iter().filter(|e| got.contains(*e)).count(),
@@ -527,6 +602,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     let passed = report.lost == 0
         && report.notifications_received == report.emergencies_injected
         && report.alerts_received == report.alerts_expected
+        && report.alerts_unexpected.is_empty()
         && report.lake_rows == report.accepted as u64
         && report.lake_missing == 0
         && report.lake_duplicates == 0
@@ -610,6 +686,8 @@ mod tests {
         let plan = Plan { fixed: 10_000 };
         let vehicles = 1_000;
         assert!(plan.overspeed(1) && plan.warm(2) && plan.silent(3) && !plan.silent(4));
+        assert!(plan.deviate(4) && plan.routed(4) && plan.routed(54) && !plan.deviate(54));
+        assert!(!plan.routed(5) && !Plan::default().routed(4));
         assert!(plan.silent(1_003));
         // Vehicle 3 reports at seq 3, 1003, ...: silent from seq 2000 on.
         assert!(!plan.skipped(1_003, vehicles));

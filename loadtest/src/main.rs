@@ -19,6 +19,8 @@
 mod anomaly;
 mod api;
 mod demo;
+mod door;
+mod fleet;
 mod http;
 mod lake;
 mod mqtt;
@@ -124,9 +126,15 @@ enum Scenario {
         /// MQTT connections publishing.
         #[arg(long, default_value_t = 2)]
         connections: usize,
-        /// A panic button after every N-th reading (0: none).
+        /// An emergency after every N-th reading, panic buttons and crashes in turn (0: none).
         #[arg(long, default_value_t = 5_000)]
         emergency_every: usize,
+        /// Seed of the simulated fleet (routes, speeds, noise): same seed, same readings.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How the devices reach Kafka: MQTT through the bridge, or straight to Kafka.
+        #[arg(long, value_enum, default_value = "mqtt")]
+        transport: door::Transport,
         /// Directory for report.json, report.html, the lake and the state store.
         #[arg(long, default_value = "target/fleet-demo")]
         out: PathBuf,
@@ -585,6 +593,8 @@ async fn main() -> anyhow::Result<()> {
             vehicles,
             connections,
             emergency_every,
+            seed,
+            transport,
             out,
         } => {
             let r = demo::run(demo::DemoArgs {
@@ -593,6 +603,8 @@ async fn main() -> anyhow::Result<()> {
                 vehicles,
                 connections: connections.max(1),
                 emergency_every,
+                seed,
+                transport,
                 out: out.clone(),
             })
             .await?;

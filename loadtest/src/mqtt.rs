@@ -19,7 +19,7 @@
 //! ```
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,9 +29,10 @@ use fleet_schemas::TelemetryReading;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 
+use crate::door::{Publisher, publisher};
+use crate::fleet::{self, Fleet};
 use crate::telemetry::{Percentiles, free_port, percentiles};
 
 /// The report.
@@ -268,7 +269,11 @@ pub(crate) fn notification_reader(
         25,
         stop,
         move |n: fleet_schemas::Notification, now| {
-            if n.recipient != "operations" {
+            // The injected emergencies (critical anomalies also notify operations).
+            let injected = ["panic-", "crash-"]
+                .iter()
+                .any(|p| n.source_event_id.starts_with(p));
+            if n.recipient != "operations" || !injected {
                 return;
             }
             if let Ok(mut o) = out.lock()
@@ -320,7 +325,7 @@ pub(crate) fn reader(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     follow(topic, 50, stop, move |r: TelemetryReading, now| {
-        let Some(seq) = r.odometer_km.filter(|s| *s >= 0.0).map(|s| s as usize) else {
+        let Some(seq) = seq_of(&r.event_id) else {
             return;
         };
         if let Ok(mut s) = seen.lock() {
@@ -354,70 +359,11 @@ pub(crate) fn reader(
     })
 }
 
-pub(crate) struct Publisher {
-    client: AsyncClient,
-    pub(crate) acked: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-pub(crate) async fn publisher(i: usize) -> anyhow::Result<Publisher> {
-    let creds = testkit::credentials();
-    let port = std::env::var("FLEET_MQTT_URL")
-        .ok()
-        .and_then(|u| u.rsplit(':').next().and_then(|p| p.parse().ok()))
-        .unwrap_or(1883);
-    let mut o = MqttOptions::new(
-        testkit::random_name(&format!("load-pub{i}")),
-        "127.0.0.1",
-        port,
-    );
-    o.set_credentials(
-        &creds["FLEET_MQTT_SIMULATOR_USER"],
-        &creds["FLEET_MQTT_SIMULATOR_PASSWORD"],
-    )
-    .set_keep_alive(Duration::from_secs(30))
-    .set_inflight(1000);
-    let (client, mut el) = AsyncClient::new(o, 20_000);
-    let acked = Arc::new(AtomicUsize::new(0));
-    let (a, connected) = (acked.clone(), Arc::new(AtomicBool::new(false)));
-    let c2 = connected.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    a.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Event::Incoming(Packet::ConnAck(_))) => c2.store(true, Ordering::Relaxed),
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("publisher {i}: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    });
-    for _ in 0..100 {
-        if connected.load(Ordering::Relaxed) {
-            return Ok(Publisher {
-                client,
-                acked,
-                task,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the simulator could not connect to MQTT on port {port} (is the stack up?)")
-}
-
 /// Incidents injected into a fixed-rate phase of `fixed` readings (0: none), one vehicle in
-/// every 1000 of each kind: overspeed (120 km/h) and a warm reefer (35 °C) from 10 % to 60 %
-/// of the phase, and a device that goes silent from 20 % on.
+/// every 1000 of each kind: overspeed (120 km/h), a warm reefer (35 °C) and a route deviation
+/// (3 km off the planned route) from 10 % to 60 % of the phase, and a device that goes silent
+/// from 20 % on. Emergencies: a panic button after every `emergency_every`-th reading, every
+/// other one a crash instead.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Plan {
     pub(crate) fixed: usize,
@@ -433,6 +379,14 @@ impl Plan {
     pub(crate) fn silent(self, v: usize) -> bool {
         self.fixed > 0 && v % 1000 == 3
     }
+    pub(crate) fn deviate(self, v: usize) -> bool {
+        self.fixed > 0 && v % 1000 == 4
+    }
+    /// Vehicles whose planned route is published as a profile (so the route rule watches
+    /// them): one in 50, the deviating ones among them.
+    pub(crate) fn routed(self, v: usize) -> bool {
+        self.fixed > 0 && v % 50 == 4
+    }
     fn in_window(self, seq: usize) -> bool {
         seq >= self.fixed / 10 && seq < self.fixed * 6 / 10
     }
@@ -447,34 +401,38 @@ impl Plan {
         }
         (from..to).filter(|s| self.skipped(*s, vehicles)).count()
     }
+    /// What is injected into reading `seq` of vehicle `v`.
+    pub(crate) fn inject(self, seq: usize, v: usize) -> fleet::Inject {
+        let on = self.in_window(seq);
+        fleet::Inject {
+            overspeed: on && self.overspeed(v),
+            warm: on && self.warm(v),
+            deviate: on && self.deviate(v),
+        }
+    }
 }
 
+/// The sequence number a reading's event id carries (`r-{seq}`).
+pub(crate) fn seq_of(event_id: &str) -> Option<usize> {
+    event_id.strip_prefix("r-")?.parse().ok()
+}
+
+/// Reading `seq` (vehicle `seq % vehicles`, `t_s` seconds into the run) as the device sends it.
 fn payload(
+    fleet: &Fleet,
     prefix: &str,
     seq: usize,
-    vehicles: usize,
+    t_s: f64,
     sent_ms: i64,
     plan: Plan,
 ) -> (String, String) {
-    let v = seq % vehicles;
+    let v = seq % fleet.vehicles();
     let vehicle = format!("VEH-{v:05}");
     let topic = format!("{prefix}/{vehicle}/telemetry");
-    let lat = 4.6 + (v % 500) as f64 * 1e-3;
-    let lon = -74.08 + (seq / vehicles) as f64 * 1e-5;
-    // Below any speed limit unless injected.
-    let mut speed = 30.0 + (seq % 50) as f64;
-    let mut temp = 3.5 + (seq % 10) as f64 * 0.1;
-    if plan.in_window(seq) {
-        if plan.overspeed(v) {
-            speed = 120.0;
-        }
-        if plan.warm(v) {
-            temp = 35.0;
-        }
-    }
+    let r = fleet.reading(v, t_s, (seq / fleet.vehicles()) as u64, plan.inject(seq, v));
     let body = format!(
-        r#"{{"vehicleId":"{vehicle}","timestamp":{sent_ms},"sentAt":{sent_ms},"location":{{"lat":{lat:.6},"lon":{lon:.6}}},"speed":{speed:.1},"heading":{},"cargo_temperature":{temp:.1},"odometer":{seq},"ignition":true}}"#,
-        seq % 360,
+        r#"{{"vehicleId":"{vehicle}","eventId":"r-{seq}","timestamp":{sent_ms},"sentAt":{sent_ms},"location":{{"lat":{:.6},"lon":{:.6}}},"speed":{:.1},"heading":{:.0},"cargo_temperature":{:.1},"odometer":{:.3},"ignition":true}}"#,
+        r.lat, r.lon, r.speed_kmh, r.heading, r.cargo_temp_c, r.odometer_km,
     );
     (topic, body)
 }
@@ -484,11 +442,33 @@ pub(crate) fn emergencies_in(to: usize, every: usize) -> usize {
     if every == 0 { 0 } else { to.div_ceil(every) }
 }
 
-fn panic_payload(prefix: &str, seq: usize, vehicles: usize, sent_ms: i64) -> (String, String) {
-    let vehicle = format!("VEH-{:05}", seq % vehicles);
+/// The emergency sent after reading `seq` (every `every`-th): a panic button, every other one a
+/// crash, where the vehicle is.
+fn emergency_payload(
+    fleet: &Fleet,
+    prefix: &str,
+    seq: usize,
+    every: usize,
+    t_s: f64,
+    sent_ms: i64,
+) -> (String, String) {
+    let v = seq % fleet.vehicles();
+    let vehicle = format!("VEH-{v:05}");
     let topic = format!("{prefix}/{vehicle}/emergency");
+    let r = fleet.reading(
+        v,
+        t_s,
+        (seq / fleet.vehicles()) as u64,
+        fleet::Inject::default(),
+    );
+    let (kind, id) = if (seq / every.max(1)).is_multiple_of(2) {
+        ("panic_button", "panic")
+    } else {
+        ("crash", "crash")
+    };
     let body = format!(
-        r#"{{"vehicleId":"{vehicle}","eventId":"panic-{seq}","type":"panic_button","severity":"critical","location":{{"lat":4.61,"lon":-74.08}},"timestamp":{sent_ms},"sentAt":{sent_ms}}}"#
+        r#"{{"vehicleId":"{vehicle}","eventId":"{id}-{seq}","type":"{kind}","severity":"critical","location":{{"lat":{:.6},"lon":{:.6}}},"timestamp":{sent_ms},"sentAt":{sent_ms}}}"#,
+        r.lat, r.lon
     );
     (topic, body)
 }
@@ -508,9 +488,9 @@ pub(crate) struct Phase {
 }
 
 pub(crate) async fn publish_range(
-    pubs: &[Publisher],
+    pubs: &[Arc<Publisher>],
     prefix: &str,
-    vehicles: usize,
+    fleet: &Arc<Fleet>,
     phase: Phase,
 ) -> anyhow::Result<f64> {
     let Phase {
@@ -525,9 +505,10 @@ pub(crate) async fn publish_range(
     let start_ms = fleet_runtime::metrics::now_ms();
     let mut handles = Vec::new();
     for (k, p) in pubs.iter().enumerate() {
-        let client = p.client.clone();
+        let publisher = p.clone();
         let prefix = prefix.to_owned();
         let n = pubs.len();
+        let fleet = fleet.clone();
         handles.push(tokio::spawn(async move {
             let mut seq = from + k;
             while seq < to {
@@ -548,25 +529,22 @@ pub(crate) async fn publish_range(
                 } else {
                     fleet_runtime::metrics::now_ms()
                 };
-                if plan.skipped(seq, vehicles) {
+                if plan.skipped(seq, fleet.vehicles()) {
                     seq += n;
                     continue;
                 }
-                let (topic, body) = payload(&prefix, seq, vehicles, intended, plan);
-                if client
-                    .publish(topic, QoS::AtLeastOnce, false, body)
-                    .await
-                    .is_err()
-                {
+                // Fleet time: reading `seq` at the nominal rate (deterministic for a seed).
+                let t_s = seq as f64 / if rate > 0 { rate as f64 } else { 5_000.0 };
+                let (topic, body) = payload(&fleet, &prefix, seq, t_s, intended, plan);
+                if let Err(e) = publisher.send(topic, body).await {
+                    eprintln!("publisher {k}: {e:#}");
                     return;
                 }
                 if emergency_every > 0 && seq.is_multiple_of(emergency_every) {
-                    let (topic, body) = panic_payload(&prefix, seq, vehicles, intended);
-                    if client
-                        .publish(topic, QoS::AtLeastOnce, false, body)
-                        .await
-                        .is_err()
-                    {
+                    let (topic, body) =
+                        emergency_payload(&fleet, &prefix, seq, emergency_every, t_s, intended);
+                    if let Err(e) = publisher.send(topic, body).await {
+                        eprintln!("publisher {k}: {e:#}");
                         return;
                     }
                 }
@@ -579,7 +557,7 @@ pub(crate) async fn publish_range(
     }
     // Acknowledgements expected in total: earlier phases' plus this one's.
     let want: usize = acked_before + (to - from) + emergencies_in(to - from, emergency_every)
-        - plan.skipped_in(from, to, vehicles);
+        - plan.skipped_in(from, to, fleet.vehicles());
     let deadline = Instant::now() + Duration::from_secs(120);
     while pubs
         .iter()
@@ -661,6 +639,7 @@ pub(crate) async fn run(
     ] {
         testkit::create_topic(topic, 3).await;
     }
+    let fleet = Arc::new(Fleet::new(1, vehicles.max(1)));
     let http_port = free_port();
     let mut bridge = start_bridge(&t, http_port)?;
     if !crate::wait_ready(http_port, 30).await {
@@ -685,7 +664,7 @@ pub(crate) async fn run(
     let notif_reader = notification_reader(&t.notifications, notified.clone(), stop.clone())?;
     let mut pubs = Vec::with_capacity(connections);
     for i in 0..connections.max(1) {
-        pubs.push(publisher(i).await?);
+        pubs.push(Arc::new(publisher(i).await?));
     }
 
     eprintln!(
@@ -695,7 +674,7 @@ pub(crate) async fn run(
     let publish_rate = publish_range(
         &pubs,
         &t.prefix,
-        vehicles,
+        &fleet,
         Phase {
             from: 0,
             to: fixed,
@@ -736,7 +715,7 @@ pub(crate) async fn run(
     let burst_rate = publish_range(
         &pubs,
         &t.prefix,
-        vehicles,
+        &fleet,
         Phase {
             from: fixed,
             to: fixed + burst,
