@@ -39,10 +39,10 @@ use serde::Serialize;
 use crate::door::{Transport, kafka_publisher, publisher};
 use crate::fleet::Fleet;
 use crate::mqtt::{
-    Phase, Plan, Seen, Topics, cpu_seconds, emergencies_in, follow, notification_reader,
-    publish_range, reader, stack_pid, start_bridge, start_emergency,
+    Phase, Plan, Scope, Seen, Topics, cpu_seconds, emergencies_in, follow_from,
+    notification_reader, publish_range, reader, stack_pid, start_bridge, start_emergency,
 };
-use crate::telemetry::{Percentiles, free_port, metric_sum, percentiles};
+use crate::telemetry::{Percentiles, free_port, metric_sum_at, percentiles};
 
 /// Latencies of the report, ms.
 #[derive(Debug, Serialize)]
@@ -160,8 +160,9 @@ fn histogram(v: &[u64]) -> Vec<(u64, u64)> {
     h
 }
 
-/// Publishes the planned route of every vehicle `plan.routed` picks as its profile (so the
-/// route rule watches them), Avro-encoded as fleetctl does; returns how many.
+/// Publishes profiles, Avro-encoded as fleetctl does: the planned route of every vehicle
+/// `plan.routed` picks (so the route rule watches them), and a 20 s offline threshold for the
+/// devices that go silent. Returns how many routes.
 async fn publish_profiles(fleet: &Fleet, plan: Plan, topic: &str) -> anyhow::Result<usize> {
     let registry = fleet_schemas::Registry::new(&testkit::registry_url())?;
     let encoder =
@@ -170,8 +171,8 @@ async fn publish_profiles(fleet: &Fleet, plan: Plan, topic: &str) -> anyhow::Res
             .context("registering the VehicleProfile schema")?;
     let now = fleet_runtime::metrics::now_ms();
     let mut records = Vec::new();
-    for v in (0..fleet.vehicles()).filter(|v| plan.routed(*v)) {
-        let vehicle_id = format!("VEH-{v:05}");
+    for v in (0..fleet.vehicles()).filter(|v| plan.routed(*v) || plan.silent(*v)) {
+        let vehicle_id = fleet.id(v);
         let profile = fleet_schemas::VehicleProfile {
             event_id: fleet_schemas::ids::derived_id(&["demo-profile", &vehicle_id]),
             vehicle_id: vehicle_id.clone(),
@@ -180,129 +181,55 @@ async fn publish_profiles(fleet: &Fleet, plan: Plan, topic: &str) -> anyhow::Res
             cargo_temp_min_c: None,
             cargo_temp_max_c: None,
             speed_limit_kmh: None,
-            offline_after_ms: None,
+            // Silent devices are offline after 20 s (an external pipeline's default is 5 min).
+            offline_after_ms: plan.silent(v).then_some(20_000),
             route_corridor_m: None,
-            route: fleet
-                .corridor(v)
-                .points
-                .iter()
-                .map(|(lat, lon)| fleet_schemas::Waypoint {
-                    lat: *lat,
-                    lon: *lon,
-                })
-                .collect(),
+            route: if plan.routed(v) {
+                fleet
+                    .corridor(v)
+                    .points
+                    .iter()
+                    .map(|(lat, lon)| fleet_schemas::Waypoint {
+                        lat: *lat,
+                        lon: *lon,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             geofences: Vec::new(),
             contacts: Vec::new(),
         };
         records.push((vehicle_id.into_bytes(), encoder.encode(&profile)?));
     }
     testkit::populate_topic(topic, &records).await;
-    Ok(records.len())
+    Ok((0..fleet.vehicles()).filter(|v| plan.routed(*v)).count())
 }
 
-pub(crate) struct DemoArgs {
-    pub(crate) rate: usize,
-    pub(crate) duration: u64,
-    pub(crate) vehicles: usize,
-    pub(crate) connections: usize,
-    pub(crate) emergency_every: usize,
-    pub(crate) seed: u64,
-    pub(crate) transport: Transport,
-    pub(crate) out: PathBuf,
-}
-
-pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
-    let DemoArgs {
-        rate,
-        duration,
-        vehicles,
-        connections,
-        emergency_every,
-        seed,
-        transport,
-        out,
-    } = a;
-    if vehicles < 4 {
-        bail!("--vehicles must be at least 4 (incidents are injected on vehicles 1, 2 and 3)");
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let run_id = testkit::random_name("demo").replace('.', "");
-    let t = Topics {
-        notifications: testkit::random_name("demo.notifications"),
-        telemetry: testkit::random_name("demo.telemetry"),
-        emergencies: testkit::random_name("demo.emergencies"),
-        deliveries: testkit::random_name("demo.deliveries"),
-        commands: testkit::random_name("demo.commands"),
-        dlq: testkit::random_name("demo.dlq"),
-        // The stack's simulator account may publish under test/ (ACL).
-        prefix: format!("test/{run_id}"),
-    };
-    let anomalies = testkit::random_name("demo.anomalies");
-    let windows = testkit::random_name("demo.windows");
-    let profiles = testkit::random_name("demo.profiles");
-    testkit::create_topic(&t.telemetry, 12).await;
-    for topic in [
-        &t.emergencies,
-        &t.deliveries,
-        &t.commands,
-        &t.dlq,
-        &t.notifications,
-        &anomalies,
-        &windows,
-        &profiles,
-    ] {
-        testkit::create_topic(topic, 3).await;
-    }
-    let fleet = Arc::new(Fleet::new(seed, vehicles));
-    let plan = Plan {
-        fixed: rate * duration as usize,
-    };
-    let routed = publish_profiles(&fleet, plan, &profiles).await?;
-    let state_dir = out.join("state");
-    let _ = std::fs::remove_dir_all(&state_dir);
-    std::fs::create_dir_all(&state_dir)?;
-    let state_url = format!("sqlite://{}/state.db", state_dir.display());
-    let lake_dir = out.join("lake");
-    let _ = std::fs::remove_dir_all(&lake_dir);
-    std::fs::create_dir_all(&lake_dir)?;
-    let lake_url = lake_dir.display().to_string();
-
-    // Readers first (their consumer groups join while the pipeline starts): telemetry
-    // (completeness, device -> Kafka), notifications, alerts.
-    let fixed = plan.fixed;
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen {
-        keep_ids: true,
-        ..Seen::default()
-    }));
-    let tele_reader = reader(&t.telemetry, seen.clone(), fixed, stop.clone())?;
-    let notified = Arc::new(Mutex::new((std::collections::HashSet::new(), Vec::new())));
-    let notif_reader = notification_reader(&t.notifications, notified.clone(), stop.clone())?;
-    let alerts = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-    let alert_reader = {
-        let alerts = alerts.clone();
-        follow(&anomalies, 100, stop.clone(), move |a: Anomaly, _| {
-            if a.state == AnomalyState::Raised
-                && let Ok(mut s) = alerts.lock()
-            {
-                s.insert(format!("{}:{:?}", a.vehicle_id, a.kind));
-            }
-        })?
-    };
-    // The pipeline.
-    let mut procs: Vec<Proc> = Vec::new();
+/// Starts the pipeline on the demo's fresh topics: the bridge (MQTT transport), then
+/// emergency-, telemetry- and anomaly-processor and lake-sink (release builds).
+fn start_pipeline(
+    procs: &mut Vec<Proc>,
+    transport: Transport,
+    t: &Topics,
+    (anomalies, windows, profiles): (&str, &str, &str),
+    state_url: &str,
+    lake_url: &str,
+) -> anyhow::Result<()> {
+    let state_url = state_url.to_owned();
+    let lake_url = lake_url.to_owned();
     if transport == Transport::Mqtt {
         let bridge_port = free_port();
         procs.push(Proc {
             name: "mqtt-bridge",
-            child: start_bridge(&t, bridge_port)?,
+            child: start_bridge(t, bridge_port)?,
             port: bridge_port,
         });
     }
     let emergency_port = free_port();
     procs.push(Proc {
         name: "emergency-processor",
-        child: start_emergency(&t, emergency_port, &state_url)?,
+        child: start_emergency(t, emergency_port, &state_url)?,
         port: emergency_port,
     });
     let common = |group: &str| {
@@ -315,7 +242,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     let mut env = common("demo.telemetry");
     env.extend([
         ("FLEET__APP__INPUT_TOPIC", t.telemetry.clone()),
-        ("FLEET__APP__WINDOWS_TOPIC", windows.clone()),
+        ("FLEET__APP__WINDOWS_TOPIC", windows.to_owned()),
     ]);
     procs.push(spawn(
         "telemetry-processor",
@@ -326,10 +253,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     let mut env = common("demo.anomaly");
     env.extend([
         ("FLEET__APP__INPUT_TOPIC", t.telemetry.clone()),
-        ("FLEET__APP__ANOMALIES_TOPIC", anomalies.clone()),
+        ("FLEET__APP__ANOMALIES_TOPIC", anomalies.to_owned()),
         ("FLEET__APP__EMERGENCIES_TOPIC", t.emergencies.clone()),
         ("FLEET__APP__NOTIFICATIONS_TOPIC", t.notifications.clone()),
-        ("FLEET__APP__PROFILES_TOPIC", profiles.clone()),
+        ("FLEET__APP__PROFILES_TOPIC", profiles.to_owned()),
         ("FLEET__APP__SUSTAIN", "10s".into()),
         ("FLEET__APP__OFFLINE_AFTER", "20s".into()),
         ("FLEET__APP__IDLE_TIMEOUT", "10s".into()),
@@ -347,6 +274,177 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         ("FLEET__APP__COMMIT_INTERVAL", "5s".into()),
     ]);
     procs.push(spawn("lake-sink", "fleet-lake", &env, free_port())?);
+    Ok(())
+}
+
+pub(crate) struct DemoArgs {
+    pub(crate) rate: usize,
+    pub(crate) duration: u64,
+    pub(crate) vehicles: usize,
+    pub(crate) connections: usize,
+    pub(crate) emergency_every: usize,
+    pub(crate) seed: u64,
+    pub(crate) transport: Transport,
+    /// `None`: start the pipeline on fresh topics; `Some`: use one that is already running.
+    pub(crate) external: Option<External>,
+    pub(crate) out: PathBuf,
+}
+
+/// A pipeline that is already running (`docker compose up`): its topics, state store, lake
+/// and the processors' metrics endpoints. This run's records are told from everyone else's by
+/// a run tag at the start of every vehicle and event id; readers start at the topics' end.
+#[derive(Debug, Clone)]
+pub(crate) struct External {
+    pub(crate) telemetry: String,
+    pub(crate) emergencies: String,
+    pub(crate) anomalies: String,
+    pub(crate) notifications: String,
+    pub(crate) profiles: String,
+    pub(crate) state_url: String,
+    pub(crate) lake_url: String,
+    /// The MQTT topic prefix the pipeline's bridge subscribes to (MQTT transport).
+    pub(crate) mqtt_prefix: String,
+    /// (processor, metrics URL) for consumer lag.
+    pub(crate) metrics: Vec<(String, String)>,
+}
+
+pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
+    let DemoArgs {
+        rate,
+        duration,
+        vehicles,
+        connections,
+        emergency_every,
+        seed,
+        transport,
+        external,
+        out,
+    } = a;
+    if vehicles < 4 {
+        bail!("--vehicles must be at least 4 (incidents are injected on vehicles 1, 2 and 3)");
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let run_id = testkit::random_name("demo").replace('.', "");
+    let (t, anomalies, windows, profiles, scope) = match &external {
+        None => {
+            let t = Topics {
+                notifications: testkit::random_name("demo.notifications"),
+                telemetry: testkit::random_name("demo.telemetry"),
+                emergencies: testkit::random_name("demo.emergencies"),
+                deliveries: testkit::random_name("demo.deliveries"),
+                commands: testkit::random_name("demo.commands"),
+                dlq: testkit::random_name("demo.dlq"),
+                // The stack's simulator account may publish under test/ (ACL).
+                prefix: format!("test/{run_id}"),
+            };
+            let (anomalies, windows, profiles) = (
+                testkit::random_name("demo.anomalies"),
+                testkit::random_name("demo.windows"),
+                testkit::random_name("demo.profiles"),
+            );
+            testkit::create_topic(&t.telemetry, 12).await;
+            for topic in [
+                &t.emergencies,
+                &t.deliveries,
+                &t.commands,
+                &t.dlq,
+                &t.notifications,
+                &anomalies,
+                &windows,
+                &profiles,
+            ] {
+                testkit::create_topic(topic, 3).await;
+            }
+            (t, anomalies, windows, profiles, Scope::fresh())
+        }
+        Some(x) => {
+            let t = Topics {
+                notifications: x.notifications.clone(),
+                telemetry: x.telemetry.clone(),
+                emergencies: x.emergencies.clone(),
+                deliveries: String::new(),
+                commands: String::new(),
+                dlq: String::new(),
+                prefix: x.mqtt_prefix.clone(),
+            };
+            // Short and unique: "d" and the run name's random suffix.
+            let tag = format!("d{}-", run_id.rsplit('-').next().unwrap_or(&run_id));
+            let scope = Scope {
+                tag,
+                reset: "latest",
+            };
+            (
+                t,
+                x.anomalies.clone(),
+                String::new(),
+                x.profiles.clone(),
+                scope,
+            )
+        }
+    };
+    let fleet = Arc::new(Fleet::tagged(seed, vehicles, &scope.tag));
+    let plan = Plan {
+        fixed: rate * duration as usize,
+    };
+    let routed = publish_profiles(&fleet, plan, &profiles).await?;
+    let (state_url, lake_url) = match &external {
+        None => {
+            let state_dir = out.join("state");
+            let _ = std::fs::remove_dir_all(&state_dir);
+            std::fs::create_dir_all(&state_dir)?;
+            let lake_dir = out.join("lake");
+            let _ = std::fs::remove_dir_all(&lake_dir);
+            std::fs::create_dir_all(&lake_dir)?;
+            (
+                format!("sqlite://{}/state.db", state_dir.display()),
+                lake_dir.display().to_string(),
+            )
+        }
+        Some(x) => (x.state_url.clone(), x.lake_url.clone()),
+    };
+
+    // Readers first (their consumer groups join while the pipeline starts): telemetry
+    // (completeness, device -> Kafka), notifications, alerts.
+    let fixed = plan.fixed;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen {
+        keep_ids: true,
+        ..Seen::default()
+    }));
+    let tele_reader = reader(&t.telemetry, &scope, seen.clone(), fixed, stop.clone())?;
+    let notified = Arc::new(Mutex::new((std::collections::HashSet::new(), Vec::new())));
+    let notif_reader =
+        notification_reader(&t.notifications, &scope, notified.clone(), stop.clone())?;
+    let alerts = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let alert_reader = {
+        let (alerts, tag) = (alerts.clone(), scope.tag.clone());
+        follow_from(
+            &anomalies,
+            scope.reset,
+            100,
+            stop.clone(),
+            move |a: Anomaly, _| {
+                if a.state == AnomalyState::Raised
+                    && a.vehicle_id.starts_with(tag.as_str())
+                    && let Ok(mut s) = alerts.lock()
+                {
+                    s.insert(format!("{}:{:?}", a.vehicle_id, a.kind));
+                }
+            },
+        )?
+    };
+    // The pipeline.
+    let mut procs: Vec<Proc> = Vec::new();
+    if external.is_none() {
+        start_pipeline(
+            &mut procs,
+            transport,
+            &t,
+            (&anomalies, &windows, &profiles),
+            &state_url,
+            &lake_url,
+        )?;
+    }
     let mut not_ready = None;
     for p in &procs {
         if !crate::wait_ready(p.port, 60).await {
@@ -360,25 +458,30 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         }
         bail!("{name} did not become ready");
     }
-    eprintln!(
-        "pipeline up: {}",
-        procs.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
-    );
+    if !procs.is_empty() {
+        eprintln!(
+            "pipeline up: {}",
+            procs.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+        );
+    }
 
     // Samplers: reading -> vehicle_state, and consumer lag, every 100 ms / 1 s.
     let store = Store::open(&state_url, StoreOptions::default()).await?;
     let sampled: Vec<String> = (0..vehicles)
         .step_by((vehicles / 50).max(1))
         .filter(|v| !plan.silent(*v))
-        .map(|v| format!("VEH-{v:05}"))
+        .map(|v| fleet.id(v))
         .collect();
     let sampler = {
         let (store, stop, sampled) = (store.clone(), stop.clone(), sampled.clone());
-        let lag_ports: Vec<(&'static str, u16)> = procs
-            .iter()
-            .filter(|p| p.name != "mqtt-bridge")
-            .map(|p| (p.name, p.port))
-            .collect();
+        let lag_urls: Vec<(String, String)> = match &external {
+            None => procs
+                .iter()
+                .filter(|p| p.name != "mqtt-bridge")
+                .map(|p| (p.name.to_owned(), format!("http://127.0.0.1:{}", p.port)))
+                .collect(),
+            Some(x) => x.metrics.clone(),
+        };
         tokio::spawn(async move {
             let mut last: HashMap<String, i64> = HashMap::new();
             let mut fresh = Vec::new();
@@ -399,9 +502,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
                 }
                 if Instant::now() >= next_lag {
                     next_lag += Duration::from_secs(1);
-                    for (name, port) in &lag_ports {
-                        if let Some(l) = metric_sum(*port, "fleet_consumer_lag_records").await {
-                            lag.entry((*name).to_owned())
+                    for (name, url) in &lag_urls {
+                        if let Some(l) = metric_sum_at(url, "fleet_consumer_lag_records").await {
+                            lag.entry(name.clone())
                                 .or_default()
                                 .push((start.elapsed().as_secs(), l));
                         }
@@ -422,7 +525,13 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     }
     // Let the readers' and processors' group joins settle before the clock starts.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let named_pids: Vec<(String, u32)> = ["kafka", "mqtt", "registry"]
+    // The local stack's servers (not an external pipeline's: they are not on this machine).
+    let stack: &[&str] = if external.is_none() {
+        &["kafka", "mqtt", "registry"]
+    } else {
+        &[]
+    };
+    let named_pids: Vec<(String, u32)> = stack
         .iter()
         .filter_map(|s| stack_pid(s).map(|p| (format!("stack:{s}"), p)))
         .chain(procs.iter().map(|p| (p.name.to_owned(), p.child.id())))
@@ -431,7 +540,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     let cpu0: Vec<f64> = named_pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let wall0 = Instant::now();
     eprintln!(
-        "{rate} readings/s for {duration} s from {vehicles} vehicles over {connections} MQTT connections"
+        "{rate} readings/s for {duration} s from {vehicles} vehicles over {connections} {transport:?} connections"
     );
     let achieved = publish_range(
         &pubs,
@@ -462,7 +571,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     let emergencies = emergencies_in(fixed, emergency_every);
     let mut expected: BTreeSet<String> = BTreeSet::new();
     for v in 0..vehicles {
-        let id = format!("VEH-{v:05}");
+        let id = fleet.id(v);
         if plan.overspeed(v) {
             expected.insert(format!("{id}:Overspeed"));
         }
@@ -481,7 +590,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     // Wait (bounded) for everything downstream.
     let deadline = Instant::now() + Duration::from_secs(120);
     let lake = Lake::open(&lake_url)?;
-    let mut lake_rows;
+    let mut lake_rows = 0;
     let mut next_progress = Instant::now();
     loop {
         let accepted = seen.lock().map(|s| s.distinct).unwrap_or(0);
@@ -490,15 +599,27 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
             .lock()
             .map(|a| expected.iter().filter(|e| a.contains(*e)).count())
             .unwrap_or(0);
-        lake_rows = 0;
-        for p in catalog::list(&lake, std::slice::from_ref(&t.telemetry), None)
-            .await
-            .unwrap_or_default()
-        {
-            for f in &p.files {
-                lake_rows += catalog::file_rows(&lake, f).await.unwrap_or(0);
+        lake_rows = if external.is_none() {
+            // A fresh topic: every committed row is this run's (file footers: cheap).
+            let mut n = 0;
+            for p in catalog::list(&lake, std::slice::from_ref(&t.telemetry), None)
+                .await
+                .unwrap_or_default()
+            {
+                for f in &p.files {
+                    n += catalog::file_rows(&lake, f).await.unwrap_or(0);
+                }
             }
-        }
+            n
+        } else if Instant::now() >= next_progress {
+            // A shared lake: this run's event ids (reads the files: every 10 s).
+            lake_event_ids(&lake, &t.telemetry, &scope.tag)
+                .await
+                .map(|ids| ids.values().map(|n| u64::from(*n)).sum())
+                .unwrap_or(lake_rows)
+        } else {
+            lake_rows
+        };
         if Instant::now() >= next_progress {
             next_progress += Duration::from_secs(10);
             eprintln!(
@@ -540,7 +661,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     drop(pubs);
 
     // The lake by event id: every id read from Kafka exactly once, nothing else.
-    let lake_ids = lake_event_ids(&lake, &t.telemetry).await?;
+    let lake_ids = lake_event_ids(&lake, &t.telemetry, &scope.tag).await?;
     let s = seen
         .lock()
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
@@ -613,8 +734,13 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     Ok(report)
 }
 
-/// event_id -> copies, over every committed Parquet file of `topic` in the lake.
-async fn lake_event_ids(lake: &Lake, topic: &str) -> anyhow::Result<HashMap<String, u32>> {
+/// event_id -> copies, over every committed Parquet file of `topic` in the lake, for the event
+/// ids that start with `tag`.
+async fn lake_event_ids(
+    lake: &Lake,
+    topic: &str,
+    tag: &str,
+) -> anyhow::Result<HashMap<String, u32>> {
     use arrow::array::{Array, StringArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let mut out: HashMap<String, u32> = HashMap::new();
@@ -630,7 +756,7 @@ async fn lake_event_ids(lake: &Lake, topic: &str) -> anyhow::Result<HashMap<Stri
                     .and_then(|c| c.as_any().downcast_ref::<StringArray>())
                     .with_context(|| format!("{}: no string event_id column", f.rel))?;
                 for i in 0..ids.len() {
-                    if ids.is_valid(i) {
+                    if ids.is_valid(i) && ids.value(i).starts_with(tag) {
                         *out.entry(ids.value(i).to_owned()).or_default() += 1;
                     }
                 }

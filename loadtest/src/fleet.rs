@@ -232,12 +232,20 @@ pub(crate) struct Inject {
 /// The simulated fleet.
 pub(crate) struct Fleet {
     seed: u64,
+    /// Prefix of this run's vehicle and event ids ("" on fresh topics).
+    tag: String,
     routes: Vec<Route>,
     trucks: Vec<Truck>,
 }
 
 impl Fleet {
     pub(crate) fn new(seed: u64, vehicles: usize) -> Self {
+        Self::tagged(seed, vehicles, "")
+    }
+
+    /// A fleet whose vehicle and event ids start with `tag`, to tell this run's records from
+    /// others' on shared topics.
+    pub(crate) fn tagged(seed: u64, vehicles: usize, tag: &str) -> Self {
         let routes: Vec<Route> = CORRIDORS.iter().map(|c| Route::new(c.points)).collect();
         let trucks = (0..vehicles as u64)
             .map(|v| {
@@ -254,6 +262,7 @@ impl Fleet {
             .collect();
         Self {
             seed,
+            tag: tag.to_owned(),
             routes,
             trucks,
         }
@@ -261,6 +270,16 @@ impl Fleet {
 
     pub(crate) fn vehicles(&self) -> usize {
         self.trucks.len()
+    }
+
+    /// The prefix of this run's vehicle and event ids.
+    pub(crate) fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Vehicle `v`'s id.
+    pub(crate) fn id(&self, v: usize) -> String {
+        format!("{}VEH-{v:05}", self.tag)
     }
 
     /// Vehicles driving each corridor, by corridor name.
@@ -342,6 +361,14 @@ mod tests {
             }
         }
         assert!(differs > 95, "{differs}");
+        let tagged = Fleet::tagged(7, 100, "run1-");
+        assert_eq!(tagged.id(42), "run1-VEH-00042");
+        assert_eq!(a.id(42), "VEH-00042");
+        assert!(fleet_ingest::valid_vehicle_id(&tagged.id(99)));
+        assert_eq!(
+            tagged.reading(5, 1.0, 0, Inject::default()),
+            a.reading(5, 1.0, 0, Inject::default())
+        );
     }
 
     #[test]

@@ -136,6 +136,43 @@ enum Scenario {
         /// How the devices reach Kafka: MQTT through the bridge, or straight to Kafka.
         #[arg(long, value_enum, default_value = "mqtt")]
         transport: door::Transport,
+        /// Use a pipeline that is already running (docker compose) instead of starting one on
+        /// fresh topics: its topics, state store and lake below; this run's records carry a
+        /// run tag in their vehicle and event ids.
+        #[arg(long)]
+        external: bool,
+        /// (--external) Telemetry topic.
+        #[arg(long, default_value = "fleet.telemetry")]
+        telemetry_topic: String,
+        /// (--external) Emergencies topic.
+        #[arg(long, default_value = "fleet.emergencies")]
+        emergencies_topic: String,
+        /// (--external) Anomalies topic.
+        #[arg(long, default_value = "fleet.anomalies")]
+        anomalies_topic: String,
+        /// (--external) Notifications topic.
+        #[arg(long, default_value = "fleet.notifications")]
+        notifications_topic: String,
+        /// (--external) Vehicle profiles topic (planned routes are published there).
+        #[arg(long, default_value = "fleet.vehicle-profiles")]
+        profiles_topic: String,
+        /// (--external) State store the processors write.
+        #[arg(
+            long,
+            env = "FLEET_STATE_URL",
+            default_value = "scylla://127.0.0.1:9042/fleet"
+        )]
+        state_url: String,
+        /// (--external) Lake lake-sink writes.
+        #[arg(long, env = "FLEET_LAKE_URL", default_value = "s3://fleet-lake/lake")]
+        lake_url: String,
+        /// (--external, MQTT transport) Topic prefix the pipeline's bridge subscribes to.
+        #[arg(long, default_value = "vehicle")]
+        mqtt_prefix: String,
+        /// (--external) NAME=URL of a processor's HTTP endpoint, for its consumer lag
+        /// (repeat), e.g. telemetry-processor=http://telemetry-processor:9100.
+        #[arg(long)]
+        metrics: Vec<String>,
         /// Directory for report.json, report.html, the lake and the state store.
         #[arg(long, default_value = "target/fleet-demo")]
         out: PathBuf,
@@ -633,8 +670,33 @@ async fn main() -> anyhow::Result<()> {
             emergency_every,
             seed,
             transport,
+            external,
+            telemetry_topic,
+            emergencies_topic,
+            anomalies_topic,
+            notifications_topic,
+            profiles_topic,
+            state_url,
+            lake_url,
+            mqtt_prefix,
+            metrics,
             out,
         } => {
+            let external = external.then(|| demo::External {
+                telemetry: telemetry_topic,
+                emergencies: emergencies_topic,
+                anomalies: anomalies_topic,
+                notifications: notifications_topic,
+                profiles: profiles_topic,
+                state_url,
+                lake_url,
+                mqtt_prefix,
+                metrics: metrics
+                    .iter()
+                    .filter_map(|m| m.split_once('='))
+                    .map(|(n, u)| (n.to_owned(), u.to_owned()))
+                    .collect(),
+            });
             let r = demo::run(demo::DemoArgs {
                 rate: rate.max(1),
                 duration,
@@ -643,6 +705,7 @@ async fn main() -> anyhow::Result<()> {
                 emergency_every,
                 seed,
                 transport,
+                external,
                 out: out.clone(),
             })
             .await?;

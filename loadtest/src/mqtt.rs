@@ -230,12 +230,24 @@ pub(crate) fn follow<T: fleet_schemas::Record>(
     topic: &str,
     fetch_wait_ms: u32,
     stop: Arc<AtomicBool>,
+    on_record: impl FnMut(T, i64) + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    follow_from(topic, "earliest", fetch_wait_ms, stop, on_record)
+}
+
+/// [`follow`] from `reset` (`earliest`, or `latest`: only what is written from now on, for
+/// topics shared with other runs).
+pub(crate) fn follow_from<T: fleet_schemas::Record>(
+    topic: &str,
+    reset: &str,
+    fetch_wait_ms: u32,
+    stop: Arc<AtomicBool>,
     mut on_record: impl FnMut(T, i64) + Send + 'static,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", testkit::brokers())
         .set("group.id", testkit::random_name("load-follow"))
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", reset)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .create()?;
@@ -259,20 +271,42 @@ pub(crate) fn follow<T: fleet_schemas::Record>(
 }
 
 /// Reads notifications: (distinct emergencies notified, latencies in ms).
+/// Which records a reader counts: event ids starting with `tag`, read from `reset`
+/// (`earliest` on a fresh topic, `latest` on one shared with other runs).
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    pub(crate) tag: String,
+    pub(crate) reset: &'static str,
+}
+
+impl Scope {
+    /// A fresh topic: everything on it.
+    pub(crate) fn fresh() -> Self {
+        Self {
+            tag: String::new(),
+            reset: "earliest",
+        }
+    }
+}
+
 pub(crate) fn notification_reader(
     topic: &str,
+    scope: &Scope,
     out: Arc<Mutex<(std::collections::HashSet<String>, Vec<u64>)>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    follow(
+    let tag = scope.tag.clone();
+    follow_from(
         topic,
+        scope.reset,
         25,
         stop,
         move |n: fleet_schemas::Notification, now| {
             // The injected emergencies (critical anomalies also notify operations).
-            let injected = ["panic-", "crash-"]
-                .iter()
-                .any(|p| n.source_event_id.starts_with(p));
+            let injected = n
+                .source_event_id
+                .strip_prefix(tag.as_str())
+                .is_some_and(|id| id.starts_with("panic-") || id.starts_with("crash-"));
             if n.recipient != "operations" || !injected {
                 return;
             }
@@ -320,43 +354,51 @@ impl Seen {
 /// `measure_below` (the fixed-rate phase).
 pub(crate) fn reader(
     topic: &str,
+    scope: &Scope,
     seen: Arc<Mutex<Seen>>,
     measure_below: usize,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    follow(topic, 50, stop, move |r: TelemetryReading, now| {
-        let Some(seq) = seq_of(&r.event_id) else {
-            return;
-        };
-        if let Ok(mut s) = seen.lock() {
-            s.total += 1;
-            s.mark(seq);
-            let sec = s
-                .started
-                .get_or_insert_with(Instant::now)
-                .elapsed()
-                .as_secs() as usize;
-            if s.per_second.len() <= sec {
-                s.per_second.resize(sec + 1, 0);
-            }
-            s.per_second[sec] += 1;
-            if s.keep_ids && !s.ids.contains(r.event_id.as_str()) {
-                s.ids.insert(r.event_id.clone());
-            }
-            match s.newest.get_mut(r.vehicle_id.as_str()) {
-                Some(t) => *t = (*t).max(r.event_time),
-                None => {
-                    s.newest.insert(r.vehicle_id.clone(), r.event_time);
+    let tag = scope.tag.clone();
+    follow_from(
+        topic,
+        scope.reset,
+        50,
+        stop,
+        move |r: TelemetryReading, now| {
+            let Some(seq) = seq_of(&r.event_id, &tag) else {
+                return;
+            };
+            if let Ok(mut s) = seen.lock() {
+                s.total += 1;
+                s.mark(seq);
+                let sec = s
+                    .started
+                    .get_or_insert_with(Instant::now)
+                    .elapsed()
+                    .as_secs() as usize;
+                if s.per_second.len() <= sec {
+                    s.per_second.resize(sec + 1, 0);
+                }
+                s.per_second[sec] += 1;
+                if s.keep_ids && !s.ids.contains(r.event_id.as_str()) {
+                    s.ids.insert(r.event_id.clone());
+                }
+                match s.newest.get_mut(r.vehicle_id.as_str()) {
+                    Some(t) => *t = (*t).max(r.event_time),
+                    None => {
+                        s.newest.insert(r.vehicle_id.clone(), r.event_time);
+                    }
+                }
+                if seq < measure_below
+                    && let Some(sent) = r.sent_time
+                {
+                    s.to_kafka.push((now - sent).max(0) as u64);
+                    s.to_bridge.push((r.ingest_time - sent).max(0) as u64);
                 }
             }
-            if seq < measure_below
-                && let Some(sent) = r.sent_time
-            {
-                s.to_kafka.push((now - sent).max(0) as u64);
-                s.to_bridge.push((r.ingest_time - sent).max(0) as u64);
-            }
-        }
-    })
+        },
+    )
 }
 
 /// Incidents injected into a fixed-rate phase of `fixed` readings (0: none), one vehicle in
@@ -412,9 +454,9 @@ impl Plan {
     }
 }
 
-/// The sequence number a reading's event id carries (`r-{seq}`).
-pub(crate) fn seq_of(event_id: &str) -> Option<usize> {
-    event_id.strip_prefix("r-")?.parse().ok()
+/// The sequence number a reading's event id carries (`{tag}r-{seq}`) when it has `tag`.
+pub(crate) fn seq_of(event_id: &str, tag: &str) -> Option<usize> {
+    event_id.strip_prefix(tag)?.strip_prefix("r-")?.parse().ok()
 }
 
 /// Reading `seq` (vehicle `seq % vehicles`, `t_s` seconds into the run) as the device sends it.
@@ -427,11 +469,12 @@ fn payload(
     plan: Plan,
 ) -> (String, String) {
     let v = seq % fleet.vehicles();
-    let vehicle = format!("VEH-{v:05}");
+    let vehicle = fleet.id(v);
+    let tag = fleet.tag();
     let topic = format!("{prefix}/{vehicle}/telemetry");
     let r = fleet.reading(v, t_s, (seq / fleet.vehicles()) as u64, plan.inject(seq, v));
     let body = format!(
-        r#"{{"vehicleId":"{vehicle}","eventId":"r-{seq}","timestamp":{sent_ms},"sentAt":{sent_ms},"location":{{"lat":{:.6},"lon":{:.6}}},"speed":{:.1},"heading":{:.0},"cargo_temperature":{:.1},"odometer":{:.3},"ignition":true}}"#,
+        r#"{{"vehicleId":"{vehicle}","eventId":"{tag}r-{seq}","timestamp":{sent_ms},"sentAt":{sent_ms},"location":{{"lat":{:.6},"lon":{:.6}}},"speed":{:.1},"heading":{:.0},"cargo_temperature":{:.1},"odometer":{:.3},"ignition":true}}"#,
         r.lat, r.lon, r.speed_kmh, r.heading, r.cargo_temp_c, r.odometer_km,
     );
     (topic, body)
@@ -453,7 +496,8 @@ fn emergency_payload(
     sent_ms: i64,
 ) -> (String, String) {
     let v = seq % fleet.vehicles();
-    let vehicle = format!("VEH-{v:05}");
+    let vehicle = fleet.id(v);
+    let tag = fleet.tag();
     let topic = format!("{prefix}/{vehicle}/emergency");
     let r = fleet.reading(
         v,
@@ -467,7 +511,7 @@ fn emergency_payload(
         ("crash", "crash")
     };
     let body = format!(
-        r#"{{"vehicleId":"{vehicle}","eventId":"{id}-{seq}","type":"{kind}","severity":"critical","location":{{"lat":{:.6},"lon":{:.6}}},"timestamp":{sent_ms},"sentAt":{sent_ms}}}"#,
+        r#"{{"vehicleId":"{vehicle}","eventId":"{tag}{id}-{seq}","type":"{kind}","severity":"critical","location":{{"lat":{:.6},"lon":{:.6}}},"timestamp":{sent_ms},"sentAt":{sent_ms}}}"#,
         r.lat, r.lon
     );
     (topic, body)
@@ -660,8 +704,10 @@ pub(crate) async fn run(
     let fixed = rate * duration as usize;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = reader(&t.telemetry, seen.clone(), fixed, stop.clone())?;
-    let notif_reader = notification_reader(&t.notifications, notified.clone(), stop.clone())?;
+    let scope = Scope::fresh();
+    let reader = reader(&t.telemetry, &scope, seen.clone(), fixed, stop.clone())?;
+    let notif_reader =
+        notification_reader(&t.notifications, &scope, notified.clone(), stop.clone())?;
     let mut pubs = Vec::with_capacity(connections);
     for i in 0..connections.max(1) {
         pubs.push(Arc::new(publisher(i).await?));

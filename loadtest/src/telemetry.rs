@@ -91,7 +91,12 @@ fn start_processor(
 }
 
 pub(crate) async fn metric_sum(port: u16, prefix: &str) -> Option<i64> {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    metric_sum_at(&format!("http://127.0.0.1:{port}"), prefix).await
+}
+
+/// The sum of the metric lines starting with `prefix` at `base`/metrics.
+pub(crate) async fn metric_sum_at(base: &str, prefix: &str) -> Option<i64> {
+    let body = reqwest::get(format!("{}/metrics", base.trim_end_matches('/')))
         .await
         .ok()?
         .text()
