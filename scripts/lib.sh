@@ -12,6 +12,11 @@ export PATH="$FLEET_TOOLS/bin:$HOME/.cargo/bin:$PATH"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 TANSU_VERSION=0.6.0
+# tansu is built from its crates.io sources with scripts/tansu/*.patch applied; bump the level
+# when a patch changes (the cache marker names it, so a changed patch is rebuilt once).
+TANSU_PATCH_LEVEL=1
+TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
+TANSU_STORAGE_SHA256=720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d
 S3S_FS_VERSION=0.14.1
 
 FLEET_KAFKA_PORT="${FLEET_KAFKA_PORT:-9092}"
@@ -124,6 +129,47 @@ need_browser() {
   export FLEET_CHROMIUM=/usr/bin/chromium
 }
 
+# fetch_crate NAME VERSION SHA256 DIR: unpacks NAME-VERSION's crates.io source into DIR,
+# checked against the checksum crates.io publishes (the one in tansu's Cargo.lock).
+fetch_crate() {
+  local name=$1 version=$2 sha=$3 dir=$4
+  local file="$dir/$name-$version.crate"
+  curl -sSfL --retry 3 -o "$file" "https://static.crates.io/crates/$name/$name-$version.crate" \
+    || die "downloading $name $version from static.crates.io failed"
+  echo "$sha  $file" | sha256sum -c --quiet - || die "$name-$version.crate: checksum mismatch"
+  tar xzf "$file" -C "$dir"
+}
+
+# The Kafka-protocol broker: tansu with fleetstream's patches (scripts/tansu/README.md), once
+# per version and patch level, into the cache.
+install_tansu() {
+  local level="$TANSU_VERSION-fleet$TANSU_PATCH_LEVEL"
+  local marker="$FLEET_TOOLS/.installed-tansu-$level"
+  if [[ -x "$FLEET_TOOLS/bin/tansu" && -f "$marker" ]]; then
+    return 0
+  fi
+  need_apt patch curl ca-certificates
+  log "building tansu $level into $FLEET_TOOLS (one time; ~16 min on 2 cores)"
+  local src="$FLEET_CACHE/src/tansu-$level"
+  rm -rf "$src" && mkdir -p "$src"
+  fetch_crate tansu "$TANSU_VERSION" "$TANSU_SHA256" "$src"
+  fetch_crate tansu-storage "$TANSU_VERSION" "$TANSU_STORAGE_SHA256" "$src"
+  local p
+  for p in "$FLEET_ROOT"/scripts/tansu/*.patch; do
+    patch -s -p1 -d "$src/tansu-storage-$TANSU_VERSION" <"$p" || die "applying $p failed"
+  done
+  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
+    >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
+  mkdir -p "$FLEET_TOOLS"
+  cargo install --path "$src/tansu-$TANSU_VERSION" --locked --features libsql --force \
+    --root "$FLEET_TOOLS" --target-dir "$FLEET_CACHE/tansu-build" \
+    >"$FLEET_CACHE/install-tansu.log" 2>&1 \
+    || die "building tansu failed; see $FLEET_CACHE/install-tansu.log"
+  # The build directory is ~1.5 GB and only needed again for a new patch level.
+  rm -rf "$FLEET_CACHE/tansu-build"
+  touch "$marker"
+}
+
 # cargo_tool NAME VERSION CRATE [ARGS...]: cargo install into the cache, once per version.
 cargo_tool() {
   local bin=$1 version=$2 crate=$3
@@ -132,7 +178,7 @@ cargo_tool() {
   if [[ -x "$FLEET_TOOLS/bin/$bin" && -f "$marker" ]]; then
     return 0
   fi
-  log "installing $crate $version into $FLEET_TOOLS (one time; tansu alone takes ~15 min on 2 cores)"
+  log "installing $crate $version into $FLEET_TOOLS (one time)"
   mkdir -p "$FLEET_TOOLS"
   cargo install "$crate" --version "$version" --locked --root "$FLEET_TOOLS" "$@" \
     >"$FLEET_CACHE/install-$crate.log" 2>&1 \

@@ -52,7 +52,7 @@ install() {
   need_apt mosquitto mosquitto-clients sqlite3 curl ca-certificates
   need_build_deps
   command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
-  cargo_tool tansu "$TANSU_VERSION" tansu --features libsql
+  install_tansu
   cargo_tool s3s-fs "$S3S_FS_VERSION" s3s-fs --features binary
   log "building the dev schema registry"
   (cd "$FLEET_ROOT" && cargo build -q -p fleet-dev-registry --bin dev-registry) \
