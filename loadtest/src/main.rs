@@ -711,6 +711,9 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             emit(&r, None)?;
             eprintln!("report: {}/report.json and report.html", out.display());
+            if !r.passed() {
+                bail!("the demo's audit failed (report.json says what)");
+            }
         }
         Scenario::RenderReport { json, out } => {
             let text = std::fs::read_to_string(&json)

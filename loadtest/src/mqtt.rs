@@ -235,6 +235,11 @@ pub(crate) fn follow<T: fleet_schemas::Record>(
     follow_from(topic, "earliest", fetch_wait_ms, stop, on_record)
 }
 
+/// Readers ([`follow_from`]) whose group has given them partitions: a reader starting at
+/// `latest` sees only what is written after that.
+pub(crate) static READERS_ASSIGNED: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 /// [`follow`] from `reset` (`earliest`, or `latest`: only what is written from now on, for
 /// topics shared with other runs).
 pub(crate) fn follow_from<T: fleet_schemas::Record>(
@@ -253,8 +258,14 @@ pub(crate) fn follow_from<T: fleet_schemas::Record>(
         .create()?;
     c.subscribe(&[topic])?;
     Ok(std::thread::spawn(move || {
+        let mut assigned = false;
         while !stop.load(Ordering::Relaxed) {
-            let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+            let polled = c.poll(Duration::from_millis(100));
+            if !assigned && c.assignment().is_ok_and(|a| a.count() > 0) {
+                assigned = true;
+                READERS_ASSIGNED.fetch_add(1, Ordering::Relaxed);
+            }
+            let Some(Ok(m)) = polled else {
                 continue;
             };
             let now = fleet_runtime::metrics::now_ms();
