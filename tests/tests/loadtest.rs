@@ -143,3 +143,168 @@ fn replay_sends_a_recording_in_order_and_finds_it_in_kafka() {
     let (ok, log) = loadtest(&["replay", "--file", empty.to_str().expect("utf-8")]);
     assert!(!ok && log.contains("nothing to replay"), "{log}");
 }
+
+/// `demo --external` against processors started here on fixed topics (as compose runs them),
+/// twice on the same topics, lake and store: each run audits only its own records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_audits_an_external_pipeline_run_after_run() {
+    use fleet_e2e::{Proc, wait_ready};
+    use fleet_runtime::testkit;
+    let dir = tempfile::tempdir().expect("tmp");
+    let lake = dir.path().join("lake");
+    std::fs::create_dir_all(&lake).expect("lake dir");
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    let t = |s: &str| testkit::random_name(&format!("ext.{s}"));
+    let (tel, emg, anom, notif, prof, win, cmd, dlq) = (
+        t("telemetry"),
+        t("emergencies"),
+        t("anomalies"),
+        t("notifications"),
+        t("profiles"),
+        t("windows"),
+        t("commands"),
+        t("dlq"),
+    );
+    testkit::create_topic(&tel, 6).await;
+    for topic in [&emg, &anom, &notif, &prof, &win, &cmd, &dlq] {
+        testkit::create_topic(topic, 3).await;
+    }
+    let common = |group: &str| {
+        vec![
+            ("FLEET_STATE_URL", state.clone()),
+            ("FLEET__RUNNER__DLQ_TOPIC", dlq.clone()),
+            ("FLEET__KAFKA__CREATE_TOPICS", "false".to_owned()),
+            ("FLEET__KAFKA__GROUP_ID", testkit::random_name(group)),
+        ]
+    };
+    let with = |group: &str, extra: &[(&'static str, String)]| {
+        let mut env = common(group);
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let procs = [
+        Proc::start(
+            "telemetry-processor",
+            &with(
+                "ext.tel",
+                &[
+                    ("FLEET__APP__INPUT_TOPIC", tel.clone()),
+                    ("FLEET__APP__WINDOWS_TOPIC", win.clone()),
+                ],
+            ),
+        ),
+        Proc::start(
+            "anomaly-processor",
+            &with(
+                "ext.anom",
+                &[
+                    ("FLEET__APP__INPUT_TOPIC", tel.clone()),
+                    ("FLEET__APP__ANOMALIES_TOPIC", anom.clone()),
+                    ("FLEET__APP__EMERGENCIES_TOPIC", emg.clone()),
+                    ("FLEET__APP__NOTIFICATIONS_TOPIC", notif.clone()),
+                    ("FLEET__APP__PROFILES_TOPIC", prof.clone()),
+                    ("FLEET__APP__SUSTAIN", "10s".into()),
+                    // Silent devices' offline alerts once the run's input stops.
+                    ("FLEET__APP__IDLE_TIMEOUT", "10s".into()),
+                ],
+            ),
+        ),
+        Proc::start(
+            "emergency-processor",
+            &with(
+                "ext.emg",
+                &[
+                    ("FLEET__APP__INPUT_TOPIC", emg.clone()),
+                    ("FLEET__APP__NOTIFICATIONS_TOPIC", notif.clone()),
+                    ("FLEET__APP__COMMANDS_TOPIC", cmd.clone()),
+                ],
+            ),
+        ),
+        Proc::start(
+            "lake-sink",
+            &with(
+                "ext.lake",
+                &[
+                    ("FLEET_LAKE_URL", lake.display().to_string()),
+                    ("FLEET__APP__TOPICS", format!("[\"{tel}\"]")),
+                    ("FLEET__APP__COMMIT_INTERVAL", "5s".into()),
+                ],
+            ),
+        ),
+    ];
+    for p in &procs {
+        assert!(wait_ready(p).await, "a processor did not become ready");
+    }
+    let metrics = format!(
+        "telemetry-processor=http://127.0.0.1:{}",
+        procs[0].http_port
+    );
+    let lake_s = lake.display().to_string();
+    let mut sent = Vec::new();
+    for run in 0..2 {
+        let out = dir.path().join(format!("out{run}"));
+        let args = [
+            "demo",
+            "--external",
+            "--transport",
+            "kafka",
+            "--rate",
+            "250",
+            "--duration",
+            "30",
+            "--vehicles",
+            "250",
+            "--emergency-every",
+            "750",
+            "--telemetry-topic",
+            &tel,
+            "--emergencies-topic",
+            &emg,
+            "--anomalies-topic",
+            &anom,
+            "--notifications-topic",
+            &notif,
+            "--profiles-topic",
+            &prof,
+            "--state-url",
+            &state,
+            "--lake-url",
+            &lake_s,
+            "--metrics",
+            &metrics,
+            "--out",
+            out.to_str().expect("utf-8"),
+        ];
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let (ok, log) = tokio::task::spawn_blocking(move || {
+            loadtest(&args.iter().map(String::as_str).collect::<Vec<&str>>())
+        })
+        .await
+        .expect("join");
+        assert!(ok, "run {run}: {log}");
+        let r = report(&out.join("report.json"));
+        assert_eq!(r["passed"], true, "run {run}: {r:#}");
+        // Only this run's readings: 7,500 less the silent vehicle's 24 (vehicle 3 of 250
+        // reports every second, silent from 6 s on).
+        assert_eq!(r["sent"], 7_500 - 24, "run {run}");
+        assert_eq!(r["accepted"], r["sent"]);
+        assert_eq!(r["lake_rows"], r["sent"]);
+        assert_eq!(r["lake_unexpected"], 0);
+        assert_eq!(r["notifications_received"], 10);
+        assert_eq!(r["alerts_received"], 4);
+        assert_eq!(r["alerts_unexpected"], serde_json::json!([]));
+        assert_eq!(r["state_mismatches"], 0);
+        assert!(
+            !r["lag"]["telemetry-processor"]
+                .as_array()
+                .expect("lag")
+                .is_empty()
+        );
+        sent.push(r["sent"].as_u64().unwrap_or(0));
+    }
+    // The second run shared the topics, lake and store with the first and counted only its own.
+    assert_eq!(sent[0], sent[1]);
+    for p in procs {
+        p.kill9();
+    }
+}
