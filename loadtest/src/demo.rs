@@ -338,34 +338,13 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     let run_id = testkit::random_name("demo").replace('.', "");
     let (t, anomalies, windows, profiles, scope) = match &external {
         None => {
-            let t = Topics {
-                notifications: testkit::random_name("demo.notifications"),
-                telemetry: testkit::random_name("demo.telemetry"),
-                emergencies: testkit::random_name("demo.emergencies"),
-                deliveries: testkit::random_name("demo.deliveries"),
-                commands: testkit::random_name("demo.commands"),
-                dlq: testkit::random_name("demo.dlq"),
-                // The stack's simulator account may publish under test/ (ACL).
-                prefix: format!("test/{run_id}"),
-            };
+            let t = Topics::fresh("demo", &run_id);
             let (anomalies, windows, profiles) = (
                 testkit::random_name("demo.anomalies"),
                 testkit::random_name("demo.windows"),
                 testkit::random_name("demo.profiles"),
             );
-            testkit::create_topic(&t.telemetry, 12).await;
-            for topic in [
-                &t.emergencies,
-                &t.deliveries,
-                &t.commands,
-                &t.dlq,
-                &t.notifications,
-                &anomalies,
-                &windows,
-                &profiles,
-            ] {
-                testkit::create_topic(topic, 3).await;
-            }
+            t.create(&[&anomalies, &windows, &profiles]).await;
             (t, anomalies, windows, profiles, Scope::fresh())
         }
         Some(x) => {

@@ -189,36 +189,8 @@ enum Scenario {
     /// Re-sends a recorded stream (JSON lines of device messages, or a lake partition) at its
     /// original pace, scaled, or as fast as possible, and checks it arrived in Kafka
     Replay {
-        /// JSON lines file of device messages (as devices publish them).
-        #[arg(long, conflicts_with = "lake")]
-        file: Option<PathBuf>,
-        /// Lake URL (directory or s3://bucket/prefix) whose committed files to replay.
-        #[arg(long)]
-        lake: Option<String>,
-        /// Topic whose lake files to replay (with --lake).
-        #[arg(long)]
-        lake_topic: Option<String>,
-        /// Only this partition directory, e.g. date=2026-11-23/hour=10 (with --lake).
-        #[arg(long)]
-        partition: Option<String>,
-        /// Pace: 1 = as recorded, 10 = ten times faster, 0 = as fast as possible.
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
-        /// Keep the recorded timestamps (default: move each to its send time).
-        #[arg(long)]
-        keep_timestamps: bool,
-        /// How the messages reach Kafka.
-        #[arg(long, value_enum, default_value = "mqtt")]
-        transport: door::Transport,
-        /// Sending connections (a vehicle's messages always share one, in order).
-        #[arg(long, default_value_t = 2)]
-        connections: usize,
-        /// Existing telemetry topic to write (default: a fresh one).
-        #[arg(long)]
-        telemetry_topic: Option<String>,
-        /// Existing emergencies topic to write (default: a fresh one).
-        #[arg(long)]
-        emergencies_topic: Option<String>,
+        #[command(flatten)]
+        args: replay::ReplayArgs,
         /// Write the JSON report here as well as to stdout.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -724,32 +696,8 @@ async fn main() -> anyhow::Result<()> {
             std::fs::write(&out, demo::render_html(&text))
                 .with_context(|| format!("writing {}", out.display()))?;
         }
-        Scenario::Replay {
-            file,
-            lake,
-            lake_topic,
-            partition,
-            speed,
-            keep_timestamps,
-            transport,
-            connections,
-            telemetry_topic,
-            emergencies_topic,
-            report,
-        } => {
-            let r = replay::run(replay::ReplayArgs {
-                file,
-                lake,
-                lake_topic,
-                partition,
-                speed,
-                keep_timestamps,
-                transport,
-                connections,
-                telemetry_topic,
-                emergencies_topic,
-            })
-            .await?;
+        Scenario::Replay { args, report } => {
+            let r = replay::run(args).await?;
             emit(&r, report.as_deref())?;
         }
         Scenario::Api {

@@ -160,6 +160,41 @@ pub(crate) struct Topics {
     pub(crate) prefix: String,
 }
 
+impl Topics {
+    /// Fresh topics named `{scope}.telemetry-…` etc., and the MQTT prefix `test/{run_id}` (the
+    /// stack's simulator account may publish under `test/`).
+    pub(crate) fn fresh(scope: &str, run_id: &str) -> Self {
+        let name = |t: &str| testkit::random_name(&format!("{scope}.{t}"));
+        Self {
+            notifications: name("notifications"),
+            telemetry: name("telemetry"),
+            emergencies: name("emergencies"),
+            deliveries: name("deliveries"),
+            commands: name("commands"),
+            dlq: name("dlq"),
+            prefix: format!("test/{run_id}"),
+        }
+    }
+
+    /// Creates the topics (telemetry with 12 partitions, the others and `extra` with 3);
+    /// existing ones are left as they are.
+    pub(crate) async fn create(&self, extra: &[&str]) {
+        testkit::create_topic(&self.telemetry, 12).await;
+        for topic in [
+            self.emergencies.as_str(),
+            &self.deliveries,
+            &self.commands,
+            &self.dlq,
+            &self.notifications,
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        {
+            testkit::create_topic(topic, 3).await;
+        }
+    }
+}
+
 pub(crate) fn start_bridge(t: &Topics, http_port: u16) -> anyhow::Result<Child> {
     let bin = std::env::current_exe()?.with_file_name("mqtt-bridge");
     if !bin.exists() {
@@ -675,25 +710,8 @@ pub(crate) async fn run(
     emergency_every: usize,
 ) -> anyhow::Result<MqttReport> {
     let run_id = testkit::random_name("bench").replace('.', "");
-    let t = Topics {
-        notifications: testkit::random_name("load.mqtt.notif"),
-        telemetry: testkit::random_name("load.mqtt.tel"),
-        emergencies: testkit::random_name("load.mqtt.emg"),
-        deliveries: testkit::random_name("load.mqtt.dlv"),
-        commands: testkit::random_name("load.mqtt.cmd"),
-        dlq: testkit::random_name("load.mqtt.dlq"),
-        prefix: format!("test/{run_id}"),
-    };
-    testkit::create_topic(&t.telemetry, 12).await;
-    for topic in [
-        &t.emergencies,
-        &t.deliveries,
-        &t.commands,
-        &t.dlq,
-        &t.notifications,
-    ] {
-        testkit::create_topic(topic, 3).await;
-    }
+    let t = Topics::fresh("load.mqtt", &run_id);
+    t.create(&[]).await;
     let fleet = Arc::new(Fleet::new(1, vehicles.max(1)));
     let http_port = free_port();
     let mut bridge = start_bridge(&t, http_port)?;
