@@ -61,7 +61,7 @@ python3 - "$out/report.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 L = r["latency_ms"]
-pct = lambda x: f'p50 {x["p50"]} ms, p99 {x["p99"]} ms, max {x["max"]} ms'
+pct = lambda x: f'p50 {x["p50"]} ms, p90 {x.get("p90", "-")} ms, p99 {x["p99"]} ms, max {x["max"]} ms'
 rows = [
     ("verdict", "PASS" if r["passed"] else "FAIL"),
     ("achieved rate", f'{r["achieved_rate"]:.0f}/s (target {r["rate_target"]}/s, {r["duration_s"]} s)'),

@@ -131,6 +131,7 @@ pub(crate) async fn run(
         records_per_s: (accepted as f64 / seconds).round(),
         latency_ms: Percentiles {
             p50: us.p50 / 1000,
+            p90: us.p90 / 1000,
             p99: us.p99 / 1000,
             max: us.max / 1000,
         },

@@ -42,6 +42,7 @@ pub(crate) struct TelemetryReport {
 #[derive(Debug, Serialize)]
 pub(crate) struct Percentiles {
     pub(crate) p50: u64,
+    pub(crate) p90: u64,
     pub(crate) p99: u64,
     pub(crate) max: u64,
 }
@@ -55,6 +56,7 @@ pub(crate) fn percentiles(mut v: Vec<u64>) -> Percentiles {
     };
     Percentiles {
         p50: at(0.5),
+        p90: at(0.9),
         p99: at(0.99),
         max: v.last().copied().unwrap_or(0),
     }
@@ -282,4 +284,21 @@ pub(crate) async fn run(
         telemetry_max_records_per_s: tele.round(),
         telemetry_over_bare: (tele / bare * 1000.0).round() / 1000.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_rank_of_every_sample() {
+        // Out of order on purpose: 1..=100.
+        let v: Vec<u64> = (1..=100).rev().collect();
+        let p = percentiles(v);
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (51, 90, 99, 100));
+        let p = percentiles(vec![7]);
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (7, 7, 7, 7));
+        let p = percentiles(Vec::new());
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (0, 0, 0, 0));
+    }
 }
