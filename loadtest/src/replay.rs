@@ -87,11 +87,11 @@ fn message(body: Map<String, Value>) -> Option<Message> {
     })
 }
 
-/// A lake row (TelemetryReading columns, as arrow's JSON writer renders them) as the device
-/// message it came from; `None` when it lacks a vehicle, a time or a position.
+/// A lake row (TelemetryReading columns as [`lake_rows`] renders them: timestamps in ms) as
+/// the device message it came from; `None` when it lacks a vehicle, a time or a position.
 pub(crate) fn from_lake_row(row: &Map<String, Value>) -> Option<Message> {
     let vehicle = row.get("vehicle_id")?.as_str()?.to_owned();
-    let ts = lake_millis(row.get("event_time")?)?;
+    let ts = row.get("event_time")?.as_i64()?;
     let pos = row.get("position")?.as_object()?;
     let mut location = Map::new();
     for (from, to) in [
@@ -134,36 +134,6 @@ pub(crate) fn from_lake_row(row: &Map<String, Value>) -> Option<Message> {
     })
 }
 
-/// A timestamp column as arrow's JSON writer renders it (`"2026-11-23T10:00:00.123"`, with or
-/// without a zone) or as a number of ms.
-fn lake_millis(v: &Value) -> Option<i64> {
-    if let Some(n) = v.as_i64() {
-        return Some(n);
-    }
-    let s = v.as_str()?;
-    let s = s.trim_end_matches('Z');
-    let s = s.split_once('+').map_or(s, |(a, _)| a);
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>());
-    let (h, min, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let ms: i64 = format!("{frac:0<3}").get(..3)?.parse().ok()?;
-    Some((days_from_civil(y, m, day) * 86_400 + h * 3_600 + min * 60 + sec) * 1_000 + ms)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// When message `i` is due, ms after the start: recorded gaps divided by `speed` (0: at once).
 pub(crate) fn due_ms(first_ts: i64, ts: i64, speed: f64) -> i64 {
     if speed <= 0.0 {
@@ -204,12 +174,7 @@ async fn lake_messages(
             bail!("listed lake file {} is gone", f.rel);
         };
         for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
-            let batch = millis_as_numbers(batch?)?;
-            let mut w = arrow::json::ArrayWriter::new(Vec::new());
-            w.write(&batch)?;
-            w.finish()?;
-            let rows: Vec<Map<String, Value>> = serde_json::from_slice(&w.into_inner())?;
-            for row in &rows {
+            for row in &lake_rows(&batch?)? {
                 match from_lake_row(row) {
                     Some(m) => out.push(m),
                     None => skipped += 1,
@@ -221,10 +186,19 @@ async fn lake_messages(
     Ok((out, skipped))
 }
 
+/// The rows of a lake batch as JSON objects, timestamp columns as ms since the epoch.
+fn lake_rows(batch: &arrow::record_batch::RecordBatch) -> anyhow::Result<Vec<Map<String, Value>>> {
+    let batch = millis_as_numbers(batch)?;
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    w.write(&batch)?;
+    w.finish()?;
+    Ok(serde_json::from_slice(&w.into_inner())?)
+}
+
 /// The batch with its timestamp columns as plain numbers (arrow's JSON writer cannot render a
 /// named zone such as the lake's "UTC" without chrono-tz).
 fn millis_as_numbers(
-    batch: arrow::record_batch::RecordBatch,
+    batch: &arrow::record_batch::RecordBatch,
 ) -> anyhow::Result<arrow::record_batch::RecordBatch> {
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     let schema = batch.schema();
@@ -563,8 +537,8 @@ not json
     #[test]
     fn a_lake_row_becomes_the_device_message_the_bridge_maps_back() {
         let row: Map<String, Value> = serde_json::from_str(
-            r#"{"event_id":"e-9","vehicle_id":"VEH-00009","event_time":"2026-11-23T10:00:00.250",
-                "ingest_time":"2026-11-23T10:00:00.300","position":{"lat":4.61,"lon":-74.08,"altitude_m":null},
+            r#"{"event_id":"e-9","vehicle_id":"VEH-00009","event_time":1795428000250,
+                "ingest_time":1795428000300,"position":{"lat":4.61,"lon":-74.08,"altitude_m":null},
                 "speed_kmh":61.5,"heading_deg":90.0,"cargo_temp_c":4.2,"ignition_on":true,
                 "odometer_km":123.4,"source":"mqtt","_kafka_partition":3,"_kafka_offset":77}"#,
         )
@@ -603,15 +577,43 @@ not json
     }
 
     #[test]
-    fn lake_timestamps_in_every_rendering() {
-        assert_eq!(lake_millis(&Value::from(42)), Some(42));
-        assert_eq!(lake_millis(&"1970-01-01T00:00:01".into()), Some(1_000));
-        assert_eq!(lake_millis(&"1970-01-01T00:00:01.5Z".into()), Some(1_500));
-        assert_eq!(
-            lake_millis(&"2000-03-01T00:00:00+00:00".into()),
-            Some(951_868_800_000)
-        );
-        assert_eq!(lake_millis(&"garbage".into()), None);
+    fn lake_batches_render_timestamps_as_millis() {
+        use arrow::array::{
+            ArrayRef, Float64Array, StringArray, StructArray, TimestampMillisecondArray,
+        };
+        use arrow::datatypes::{DataType, Field};
+        use std::sync::Arc;
+        let position = StructArray::from(vec![
+            (
+                Arc::new(Field::new("lat", DataType::Float64, false)),
+                Arc::new(Float64Array::from(vec![4.61])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("lon", DataType::Float64, false)),
+                Arc::new(Float64Array::from(vec![-74.08])) as ArrayRef,
+            ),
+        ]);
+        // As the lake stores it: timestamp-millis with the "UTC" zone.
+        let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+            (
+                "vehicle_id",
+                Arc::new(StringArray::from(vec!["VEH-1"])) as ArrayRef,
+            ),
+            (
+                "event_time",
+                Arc::new(
+                    TimestampMillisecondArray::from(vec![1_795_428_000_250]).with_timezone("UTC"),
+                ) as ArrayRef,
+            ),
+            ("position", Arc::new(position) as ArrayRef),
+        ])
+        .unwrap();
+        let rows = lake_rows(&batch).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["event_time"], 1_795_428_000_250_i64);
+        let m = from_lake_row(&rows[0]).unwrap();
+        assert_eq!((m.vehicle.as_str(), m.ts), ("VEH-1", 1_795_428_000_250));
+        assert_eq!(m.body["location"]["lat"], 4.61);
     }
 
     #[test]
