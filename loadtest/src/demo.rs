@@ -39,8 +39,9 @@ use serde::Serialize;
 use crate::door::{Transport, kafka_publisher, publisher};
 use crate::fleet::Fleet;
 use crate::mqtt::{
-    Phase, Plan, READERS_ASSIGNED, Scope, Seen, Topics, cpu_seconds, emergencies_in, follow_from,
-    notification_reader, publish_range, reader, stack_pid, start_bridge, start_emergency,
+    Phase, Plan, READERS_ASSIGNED, Scope, Seen, Topics, cpu_seconds, crashes_in, emergencies_in,
+    follow_from, notification_reader, publish_range, reader, stack_pid, start_bridge,
+    start_emergency,
 };
 use crate::telemetry::{Percentiles, free_port, metric_sum_at, percentiles};
 
@@ -708,7 +709,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         lake_unexpected,
         lake_url: lake_url.clone(),
         emergencies_injected: emergencies,
-        crashes_injected: emergencies / 2,
+        crashes_injected: crashes_in(fixed, emergency_every),
         notifications_received: notes,
         alerts_expected: expected.len(),
         alerts_received: expected.iter().filter(|e| got.contains(*e)).count(),
@@ -840,5 +841,15 @@ mod tests {
         assert!(!plan.skipped(2_004, vehicles));
         assert_eq!(plan.skipped_in(0, 10_000, vehicles), 8);
         assert_eq!(Plan::default().skipped_in(0, 10_000, vehicles), 0);
+        // Emergencies after readings 0, 600, ..., 8400: the odd ones are crashes.
+        assert_eq!(
+            (emergencies_in(9_000, 600), crashes_in(9_000, 600)),
+            (15, 7)
+        );
+        assert_eq!(
+            (emergencies_in(9_001, 600), crashes_in(9_001, 600)),
+            (16, 8)
+        );
+        assert_eq!(crashes_in(9_000, 0), 0);
     }
 }

@@ -531,6 +531,23 @@ pub(crate) fn emergencies_in(to: usize, every: usize) -> usize {
     if every == 0 { 0 } else { to.div_ceil(every) }
 }
 
+/// Whether the emergency after reading `seq` (a multiple of `every`) is a crash: every other
+/// one, the rest are panic buttons.
+fn is_crash(seq: usize, every: usize) -> bool {
+    !(seq / every.max(1)).is_multiple_of(2)
+}
+
+/// Crashes among the emergencies published for sequence numbers below `to`.
+pub(crate) fn crashes_in(to: usize, every: usize) -> usize {
+    if every == 0 {
+        return 0;
+    }
+    (0..to)
+        .step_by(every)
+        .filter(|s| is_crash(*s, every))
+        .count()
+}
+
 /// The emergency sent after reading `seq` (every `every`-th): a panic button, every other one a
 /// crash, where the vehicle is.
 fn emergency_payload(
@@ -551,10 +568,10 @@ fn emergency_payload(
         (seq / fleet.vehicles()) as u64,
         fleet::Inject::default(),
     );
-    let (kind, id) = if (seq / every.max(1)).is_multiple_of(2) {
-        ("panic_button", "panic")
-    } else {
+    let (kind, id) = if is_crash(seq, every) {
         ("crash", "crash")
+    } else {
+        ("panic_button", "panic")
     };
     let body = format!(
         r#"{{"vehicleId":"{vehicle}","eventId":"{tag}{id}-{seq}","type":"{kind}","severity":"critical","location":{{"lat":{:.6},"lon":{:.6}}},"timestamp":{sent_ms},"sentAt":{sent_ms}}}"#,
