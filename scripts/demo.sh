@@ -10,8 +10,10 @@
 # browser, no network needed), checks that the HTML renders its plots in headless Chromium
 # (screenshot: target/fleet-demo/report.png), and stops everything it started.
 #
-#   scripts/demo.sh [--rate N] [--duration S] [--vehicles V] [--keep]
+#   scripts/demo.sh [--rate N] [--duration S] [--vehicles V] [--state URL] [--keep]
 #     defaults: --rate 5000 --duration 60 --vehicles 10000
+#     --state  the processors' state store: default a fresh SQLite file; scylla://HOST:PORT/KS
+#              keeps it in Cassandra (the stack's, started with --cql: scylla://127.0.0.1:9042/fleet_demo)
 #     --keep   leave the stack running afterwards (scripts/stack.sh down stops it)
 # Exit status 0 only if the audit passed (nothing lost, every alert and notification there).
 set -euo pipefail
@@ -23,13 +25,19 @@ vehicles=10000
 rate=5000
 duration=60
 keep=0
+state=()
+stack_opts=()
 while (($#)); do
   case $1 in
     --rate) rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --vehicles) vehicles=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --state)
+      state=(--state "$2")
+      [[ "$2" == scylla://* ]] && stack_opts=(--cql)
+      shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -38,8 +46,8 @@ need_build_deps
 command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
 need_browser
 started=0
-if ! scripts/stack.sh status >/dev/null 2>&1; then
-  scripts/stack.sh up
+if ! scripts/stack.sh status "${stack_opts[@]}" >/dev/null 2>&1; then
+  scripts/stack.sh up "${stack_opts[@]}"
   started=1
 fi
 if ((keep == 0 && started == 1)); then
@@ -53,7 +61,8 @@ mkdir -p "$out"
 log "demo: $vehicles vehicles, $rate readings/s for ${duration}s over MQTT through the whole pipeline"
 status=0
 "$CARGO_TARGET_DIR/release/fleet-loadtest" demo --rate "$rate" --duration "$duration" \
-  --vehicles "$vehicles" --emergency-every $((rate * 2)) --out "$out" >"$out/stdout.json" || status=$?
+  --vehicles "$vehicles" --emergency-every $((rate * 2)) "${state[@]}" --out "$out" \
+  >"$out/stdout.json" || status=$?
 if [[ ! -f "$out/report.json" ]]; then
   die "the demo did not write a report (exit $status)"
 fi

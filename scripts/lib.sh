@@ -11,12 +11,10 @@ export PATH="$FLEET_TOOLS/bin:$HOME/.cargo/bin:$PATH"
 # the size of the cache.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-TANSU_VERSION=0.6.0
-# tansu is built from its crates.io sources with scripts/tansu/*.patch applied; bump the level
-# when a patch changes (the cache marker names it, so a changed patch is rebuilt once).
-TANSU_PATCH_LEVEL=1
-TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
-TANSU_STORAGE_SHA256=720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d
+# Apache Kafka and Apache Cassandra run from Maven Central jars (scripts/kafka/pom.xml,
+# scripts/cassandra/pom.xml); the versions are pinned in those poms and named here for the cache.
+KAFKA_VERSION=4.4.0
+CASSANDRA_VERSION=5.0.9
 S3S_FS_VERSION=0.14.1
 
 FLEET_KAFKA_PORT="${FLEET_KAFKA_PORT:-9092}"
@@ -129,45 +127,46 @@ need_browser() {
   export FLEET_CHROMIUM=/usr/bin/chromium
 }
 
-# fetch_crate NAME VERSION SHA256 DIR: unpacks NAME-VERSION's crates.io source into DIR,
-# checked against the checksum crates.io publishes (the one in tansu's Cargo.lock).
-fetch_crate() {
-  local name=$1 version=$2 sha=$3 dir=$4
-  local file="$dir/$name-$version.crate"
-  curl -sSfL --retry 3 -o "$file" "https://static.crates.io/crates/$name/$name-$version.crate" \
-    || die "downloading $name $version from static.crates.io failed"
-  echo "$sha  $file" | sha256sum -c --quiet - || die "$name-$version.crate: checksum mismatch"
-  tar xzf "$file" -C "$dir"
+# java17: prints the path of a Java 17 `java` (Cassandra 5.0 runs on 11 or 17 only, and refuses
+# JDK 24+; Kafka 4 needs 17+, so one JDK 17 serves both), installing Debian's if none is found.
+java17() {
+  local j v
+  for j in "${FLEET_JAVA:-}" "${JAVA_HOME:+$JAVA_HOME/bin/java}" /usr/lib/jvm/java-17-openjdk-*/bin/java \
+    "$(command -v java 2>/dev/null)"; do
+    [[ -n "$j" && -x "$j" ]] || continue
+    v=$("$j" -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ { print $2 }')
+    if [[ "$v" == 17 ]]; then
+      echo "$j"
+      return 0
+    fi
+  done
+  need_apt openjdk-17-jre-headless >&2
+  j=$(ls /usr/lib/jvm/java-17-openjdk-*/bin/java 2>/dev/null | head -n 1)
+  [[ -x "$j" ]] || die "no Java 17 found (Kafka and Cassandra need it; JDK 24+ cannot run Cassandra 5.0): install openjdk-17-jre-headless or set FLEET_JAVA"
+  echo "$j"
 }
 
-# The Kafka-protocol broker: tansu with fleetstream's patches (scripts/tansu/README.md), once
-# per version and patch level, into the cache.
-install_tansu() {
-  local level="$TANSU_VERSION-fleet$TANSU_PATCH_LEVEL"
-  local marker="$FLEET_TOOLS/.installed-tansu-$level"
-  if [[ -x "$FLEET_TOOLS/bin/tansu" && -f "$marker" ]]; then
+# maven_jars NAME VERSION: the jars of scripts/NAME/pom.xml (Maven Central) copied once into
+# $FLEET_TOOLS/NAME-VERSION/libs; prints that directory. The marker names the pom's digest, so a
+# changed pom resolves again.
+maven_jars() {
+  local name=$1 version=$2 pom="$FLEET_ROOT/scripts/$1/pom.xml"
+  local dir="$FLEET_TOOLS/$name-$version" digest
+  digest=$(sha256sum "$pom" | cut -c1-12)
+  if [[ -f "$dir/.installed-$digest" && -d "$dir/libs" ]]; then
+    echo "$dir/libs"
     return 0
   fi
-  need_apt patch curl ca-certificates
-  log "building tansu $level into $FLEET_TOOLS (one time; ~16 min on 2 cores)"
-  local src="$FLEET_CACHE/src/tansu-$level"
-  rm -rf "$src" && mkdir -p "$src"
-  fetch_crate tansu "$TANSU_VERSION" "$TANSU_SHA256" "$src"
-  fetch_crate tansu-storage "$TANSU_VERSION" "$TANSU_STORAGE_SHA256" "$src"
-  local p
-  for p in "$FLEET_ROOT"/scripts/tansu/*.patch; do
-    patch -s -p1 -d "$src/tansu-storage-$TANSU_VERSION" <"$p" || die "applying $p failed"
-  done
-  printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
-    >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
-  mkdir -p "$FLEET_TOOLS"
-  cargo install --path "$src/tansu-$TANSU_VERSION" --locked --features libsql --force \
-    --root "$FLEET_TOOLS" --target-dir "$FLEET_CACHE/tansu-build" \
-    >"$FLEET_CACHE/install-tansu.log" 2>&1 \
-    || die "building tansu failed; see $FLEET_CACHE/install-tansu.log"
-  # The build directory is ~1.5 GB and only needed again for a new patch level.
-  rm -rf "$FLEET_CACHE/tansu-build"
-  touch "$marker"
+  command -v mvn >/dev/null || need_apt maven >&2
+  java17 >/dev/null
+  log "resolving $name $version from Maven Central into $dir (one time)"
+  rm -rf "$dir" && mkdir -p "$dir"
+  mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$dir/libs.tmp" \
+    >"$FLEET_CACHE/install-$name.log" 2>&1 \
+    || { rm -rf "$dir"; die "resolving $name $version with Maven failed (is Maven Central reachable?); see $FLEET_CACHE/install-$name.log"; }
+  mv "$dir/libs.tmp" "$dir/libs"
+  touch "$dir/.installed-$digest"
+  echo "$dir/libs"
 }
 
 # cargo_tool NAME VERSION CRATE [ARGS...]: cargo install into the cache, once per version.

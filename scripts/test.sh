@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of fleetstream: formatting, clippy, unit and property tests, and the
-# end-to-end tests against the local stack, which this script installs and starts itself (and
-# stops again if it started it). Idempotent; the first run on a fresh machine installs tools
-# into ~/.cache/fleetstream (tansu takes ~16 minutes to build there), later runs reuse them.
+# end-to-end tests against the local stack (Apache Kafka 4, Apache Cassandra 5 for the CQL state
+# backend, mosquitto, s3s-fs, the dev registry), which this script installs and starts itself
+# (and stops again if it started it). Idempotent; the first run on a fresh machine installs
+# tools and Maven jars into ~/.cache/fleetstream, later runs reuse them.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --unit     no stack: fmt, clippy, unit tests only
@@ -26,14 +27,16 @@ cargo clippy -q --workspace --all-targets --features fleet-e2e/stack -- -D warni
 features=()
 if ((unit_only == 0)); then
   started=0
-  if ! scripts/stack.sh status >/dev/null 2>&1; then
-    scripts/stack.sh up
+  if ! scripts/stack.sh status --cql >/dev/null 2>&1; then
+    scripts/stack.sh up --cql
     started=1
   fi
   if ((started == 1)) && [[ "${FLEET_KEEP_STACK:-0}" != 1 ]]; then
     trap 'scripts/stack.sh down || true' EXIT
   fi
   features=(--features fleet-e2e/stack)
+  # The state suite runs against the stack's Cassandra.
+  export FLEET_TEST_CQL="127.0.0.1:${FLEET_CQL_PORT:-9042}"
   need_pyarrow
   need_browser
 fi

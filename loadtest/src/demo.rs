@@ -299,6 +299,9 @@ pub(crate) struct DemoArgs {
     pub(crate) transport: Transport,
     /// `None`: start the pipeline on fresh topics; `Some`: use one that is already running.
     pub(crate) external: Option<External>,
+    /// (not external) The processors' state store; `None`: a fresh SQLite file under `out`.
+    /// A `scylla://` URL runs the demo with its state in Cassandra/ScyllaDB (`demo.sh --state`).
+    pub(crate) state: Option<String>,
     pub(crate) out: PathBuf,
 }
 
@@ -330,6 +333,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         seed,
         transport,
         external,
+        state,
         out,
     } = a;
     if vehicles < 4 {
@@ -387,7 +391,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
             let _ = std::fs::remove_dir_all(&lake_dir);
             std::fs::create_dir_all(&lake_dir)?;
             (
-                format!("sqlite://{}/state.db", state_dir.display()),
+                state.unwrap_or_else(|| format!("sqlite://{}/state.db", state_dir.display())),
                 lake_dir.display().to_string(),
             )
         }

@@ -163,6 +163,10 @@ enum Scenario {
             default_value = "scylla://127.0.0.1:9042/fleet"
         )]
         state_url: String,
+        /// (without --external) The processors' state store, e.g.
+        /// scylla://127.0.0.1:9042/fleet_demo; default: a fresh SQLite file under --out.
+        #[arg(long)]
+        state: Option<String>,
         /// (--external) Lake lake-sink writes.
         #[arg(long, env = "FLEET_LAKE_URL", default_value = "s3://fleet-lake/lake")]
         lake_url: String,
@@ -649,6 +653,7 @@ async fn main() -> anyhow::Result<()> {
             notifications_topic,
             profiles_topic,
             state_url,
+            state,
             lake_url,
             mqtt_prefix,
             metrics,
@@ -678,6 +683,7 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 transport,
                 external,
+                state,
                 out: out.clone(),
             })
             .await?;

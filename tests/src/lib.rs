@@ -209,6 +209,11 @@ pub struct BridgeRun {
 impl BridgeRun {
     /// Fresh names; the Kafka topics are created.
     pub async fn new(partitions: i32) -> Self {
+        Self::new_on(&testkit::brokers(), partitions).await
+    }
+
+    /// [`BridgeRun::new`] on the cluster at `brokers`.
+    pub async fn new_on(brokers: &str, partitions: i32) -> Self {
         let id = testkit::random_name("r").replace('.', "");
         let run = Self {
             prefix: format!("test/{id}"),
@@ -224,9 +229,9 @@ impl BridgeRun {
             &run.deliveries,
             &run.commands,
         ] {
-            testkit::create_topic(t, partitions).await;
+            testkit::create_topic_on(brokers, t, partitions).await;
         }
-        testkit::create_topic(&run.dlq, 1).await;
+        testkit::create_topic_on(brokers, &run.dlq, 1).await;
         run
     }
 
@@ -267,6 +272,85 @@ impl BridgeRun {
     /// The MQTT topic of `vehicle`'s `kind` (`telemetry`, `emergency`, `commands`, ...).
     pub fn topic(&self, vehicle: &str, kind: &str) -> String {
         format!("{}/{vehicle}/{kind}", self.prefix)
+    }
+}
+
+/// A throw-away Apache Kafka cluster for failure tests, started by `scripts/stack.sh` in its own
+/// state directory (`up --kafka-nodes N --only kafka`), so a test can SIGKILL and restart its
+/// brokers without touching the shared stack; stopped (`down`) on drop.
+#[derive(Debug)]
+pub struct KafkaCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    nodes: usize,
+}
+
+impl KafkaCluster {
+    /// Starts `nodes` nodes with Kafka ports `base_port`, `base_port + 100`, ... (controllers
+    /// on each port + 1) and waits until every node has started.
+    pub fn start(nodes: usize, base_port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("state dir");
+        let cluster = Self {
+            dir,
+            port: base_port,
+            nodes,
+        };
+        cluster.up();
+        cluster
+    }
+
+    fn stack(&self, args: &[&str]) -> std::process::ExitStatus {
+        Command::new("bash")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh"))
+            .args(args)
+            .env("FLEET_STATE_DIR", self.dir.path())
+            .env("FLEET_KAFKA_PORT", self.port.to_string())
+            .env_remove("FLEET_KAFKA_BROKERS")
+            .stdin(Stdio::null())
+            .status()
+            .expect("running scripts/stack.sh")
+    }
+
+    /// Starts every node that is not running (all of them at first) and waits for them.
+    pub fn up(&self) {
+        let n = self.nodes.to_string();
+        let status = self.stack(&["up", "--kafka-nodes", &n, "--only", "kafka"]);
+        assert!(
+            status.success(),
+            "scripts/stack.sh up --kafka-nodes {n} failed"
+        );
+    }
+
+    /// The bootstrap list of every node.
+    pub fn brokers(&self) -> String {
+        (0..self.nodes)
+            .map(|i| format!("127.0.0.1:{}", self.port as usize + i * 100))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The pid of node `node` (1-based), from its pid file.
+    pub fn pid(&self, node: usize) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join(format!("pids/kafka-{node}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILLs node `node` (1-based).
+    pub fn kill9(&self, node: usize) {
+        let pid = self.pid(node).expect("node's pid file");
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        let _ = self.stack(&["down"]);
     }
 }
 

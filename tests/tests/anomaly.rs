@@ -264,7 +264,6 @@ async fn known_incidents_raise_the_same_alerts_with_and_without_sigkill() {
         assert!(wait_progress(&p).await, "round {round}: no progress");
         tokio::time::sleep(Duration::from_millis(1_200 + round * 500)).await;
         p.kill9();
-        tokio::time::sleep(Duration::from_secs(7)).await; // tansu: the killed member's session ends
     }
     let b = crashy.start();
     producer.await.expect("producer");

@@ -1,4 +1,4 @@
-//! mqtt-bridge against the local stack (mosquitto + tansu + registry): routing and validation,
+//! mqtt-bridge against the local stack (mosquitto + Apache Kafka + registry): routing and validation,
 //! no loss under SIGKILL, shared subscriptions across two instances (MQTT 5 and 3.1.1),
 //! per-vehicle identity (ACL, TLS client certificates, and the bridge's own check behind a
 //! misconfigured broker), and the command downlink.

@@ -197,7 +197,6 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
         tokio::time::sleep(Duration::from_millis(400 + round * 300)).await;
         p.kill9();
         kills += 1;
-        tokio::time::sleep(Duration::from_secs(7)).await; // see passthrough.rs: tansu rejoin
     }
     let b = crashy.start();
     producer.await.expect("producer");

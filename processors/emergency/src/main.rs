@@ -21,8 +21,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     // The fast lane polls the broker more often than the bulk processors (unless configured
-    // otherwise). Not lower: every empty fetch costs the broker work (on the local tansu about
-    // 4 ms of CPU for 6 partitions; at 5 ms one idle consumer kept it ~90 % busy).
+    // otherwise). Not lower: every empty fetch costs the broker work (on the SQLite-backed broker
+    // this project used before Apache Kafka, ~4 ms of CPU for 6 partitions).
     if config.kafka.fetch_wait == KafkaConfig::default().fetch_wait {
         config.kafka.fetch_wait = std::time::Duration::from_millis(25);
     }

@@ -155,8 +155,11 @@ config_section! {
         pub create_topics: bool = true,
         /// Partitions for topics created at start (fleet.telemetry always gets at least 12).
         pub default_partitions: i32 = 6,
-        /// Replication factor for topics created at start.
-        pub replication_factor: i32 = 1,
+        /// Replication factor for topics created at start; 0: the cluster's size, up to 3.
+        pub replication_factor: i32 = 0,
+        /// `min.insync.replicas` of topics created at start; 0: one less than the replication
+        /// factor, at least 1 (2 on a cluster of three or more).
+        pub min_insync_replicas: i32 = 0,
         /// Where a new consumer group starts: earliest or latest.
         pub auto_offset_reset: String = "earliest".to_owned(),
         /// Consumer group session timeout: how long a crashed member holds its partitions.
@@ -186,10 +189,19 @@ config_section! {
                 this.auto_offset_reset
             )));
         }
-        if this.default_partitions < 1 || this.replication_factor < 1 {
+        if this.default_partitions < 1 {
+            return Err(Error::Config("kafka.default_partitions must be >= 1".into()));
+        }
+        if this.replication_factor < 0 || this.min_insync_replicas < 0 {
             return Err(Error::Config(
-                "kafka.default_partitions and kafka.replication_factor must be >= 1".into(),
+                "kafka.replication_factor and kafka.min_insync_replicas must be >= 0 (0: from the cluster size)".into(),
             ));
+        }
+        if this.replication_factor > 0 && this.min_insync_replicas > this.replication_factor {
+            return Err(Error::Config(format!(
+                "kafka.min_insync_replicas ({}) exceeds kafka.replication_factor ({}): no write could succeed",
+                this.min_insync_replicas, this.replication_factor
+            )));
         }
         Ok(())
     }

@@ -185,7 +185,7 @@ pub struct TopicSpec {
     pub name: String,
     /// Partition count.
     pub partitions: i32,
-    /// Explicit topic configs (the local broker reports only configs given at creation).
+    /// Explicit topic configs (besides `min.insync.replicas`, which [`ensure_topics`] sets).
     pub configs: Vec<(&'static str, String)>,
 }
 
@@ -204,20 +204,37 @@ impl TopicSpec {
 }
 
 impl TopicSpec {
-    /// A table topic (latest value per key, read from the beginning): kept forever. Production
-    /// Kafka should compact it (`cleanup.policy=compact`); the local broker's compaction blocks
-    /// it for seconds at start-up, so the default keeps every version instead.
+    /// A table topic (latest value per key, read from the beginning): compacted, so Kafka keeps
+    /// at least the newest record of every key forever and drops the versions it replaced.
     pub fn table(name: impl Into<String>, partitions: i32) -> Self {
         Self {
             name: name.into(),
             partitions,
             configs: vec![
-                ("cleanup.policy", "delete".into()),
-                ("retention.ms", "-1".into()),
-                ("retention.bytes", "-1".into()),
+                ("cleanup.policy", "compact".into()),
+                // A replaced version stays readable for an hour before the cleaner may drop it.
+                ("min.compaction.lag.ms", "3600000".into()),
             ],
         }
     }
+}
+
+/// Replication of the topics a binary creates: `kafka.replication_factor` or, when it is 0,
+/// the cluster's size up to 3; `kafka.min_insync_replicas` or, when 0, one less than the
+/// replication factor (at least 1), so a write acknowledged by `acks=all` survives the loss of
+/// any one broker once there are three.
+pub fn replication_for(cfg: &KafkaConfig, brokers: usize) -> (i32, i32) {
+    let rf = if cfg.replication_factor > 0 {
+        cfg.replication_factor
+    } else {
+        i32::try_from(brokers.clamp(1, 3)).unwrap_or(1)
+    };
+    let min_isr = if cfg.min_insync_replicas > 0 {
+        cfg.min_insync_replicas
+    } else {
+        (rf - 1).max(1)
+    };
+    (rf, min_isr)
 }
 
 /// A consumer for reading a whole topic as a table: no group offsets, assigned explicitly.
@@ -289,14 +306,23 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()
     c.set("statistics.interval.ms", "0");
     apply_options(&mut c, cfg);
     let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let brokers = if cfg.replication_factor > 0 && cfg.min_insync_replicas > 0 {
+        0
+    } else {
+        // A metadata request at start-up (blocking, bounded): how many brokers the cluster has.
+        admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(30))?
+            .brokers()
+            .len()
+    };
+    let (rf, min_isr) = replication_for(cfg, brokers);
+    let min_isr = min_isr.to_string();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            let mut nt = NewTopic::new(
-                &t.name,
-                t.partitions,
-                TopicReplication::Fixed(cfg.replication_factor),
-            );
+            let mut nt = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(rf))
+                .set("min.insync.replicas", &min_isr);
             for (k, v) in &t.configs {
                 nt = nt.set(k, v);
             }
@@ -370,5 +396,19 @@ mod tests {
             producer(&cfg, ProducerProfile::Latency).is_err(),
             "bad settings are refused"
         );
+    }
+
+    #[test]
+    fn replication_follows_the_cluster_size_unless_configured() {
+        let mut cfg = KafkaConfig::default();
+        assert_eq!(replication_for(&cfg, 1), (1, 1));
+        assert_eq!(replication_for(&cfg, 2), (2, 1));
+        assert_eq!(replication_for(&cfg, 3), (3, 2));
+        assert_eq!(replication_for(&cfg, 9), (3, 2), "at most 3 copies");
+        assert_eq!(replication_for(&cfg, 0), (1, 1), "no metadata: 1");
+        cfg.replication_factor = 5;
+        assert_eq!(replication_for(&cfg, 9), (5, 4));
+        cfg.min_insync_replicas = 3;
+        assert_eq!(replication_for(&cfg, 9), (5, 3));
     }
 }

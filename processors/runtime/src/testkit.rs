@@ -98,9 +98,14 @@ pub struct Consumed {
 
 /// A consumer in a fresh group, subscribed to `topic`, reading it from the beginning.
 pub fn fresh_reader(prefix: &str, topic: &str) -> BaseConsumer {
+    fresh_reader_on(&brokers(), prefix, topic)
+}
+
+/// [`fresh_reader`] on the cluster at `brokers`.
+pub fn fresh_reader_on(brokers: &str, prefix: &str, topic: &str) -> BaseConsumer {
     #[allow(clippy::expect_used)]
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", random_name(prefix))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -133,13 +138,23 @@ pub struct TopicTail {
 impl TopicTail {
     /// Starts following `topic`.
     pub fn start(topic: &str) -> Self {
+        Self::start_on(&brokers(), topic)
+    }
+
+    /// Starts following `topic` on the cluster at `brokers`.
+    pub fn start_on(brokers: &str, topic: &str) -> Self {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let records = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, s, t) = (records.clone(), stop.clone(), topic.to_owned());
+        let (r, s, t, b) = (
+            records.clone(),
+            stop.clone(),
+            topic.to_owned(),
+            brokers.to_owned(),
+        );
         let handle = std::thread::spawn(move || {
-            let c = fresh_reader("tail", &t);
+            let c = fresh_reader_on(&b, "tail", &t);
             while !s.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
                     let rec = Consumed::of(&m);
@@ -193,10 +208,15 @@ impl Drop for TopicTail {
     }
 }
 
-/// Creates `topic` with `partitions` if it does not exist.
+/// Creates `topic` with `partitions` if it does not exist (replication from the cluster size).
 pub async fn create_topic(topic: &str, partitions: i32) {
+    create_topic_on(&brokers(), topic, partitions).await;
+}
+
+/// [`create_topic`] on the cluster at `brokers`.
+pub async fn create_topic_on(brokers: &str, topic: &str, partitions: i32) {
     let cfg = crate::config::KafkaConfig {
-        brokers: brokers(),
+        brokers: brokers.to_owned(),
         ..Default::default()
     };
     #[allow(clippy::expect_used)]

@@ -6,9 +6,10 @@
 //!
 //! * `sqlite://path/to/file.db` (relative) or `sqlite:///abs/path.db`: the embedded default.
 //!   WAL journal, busy timeout, one transaction per batch; several processes may share a file.
-//! * `scylla://host:port/keyspace[?replication_factor=N]`: ScyllaDB (or Cassandra) through the
-//!   `scylla` driver; keyspace and tables created at start, prepared statements, one UNLOGGED
-//!   batch per window partition, `USING TTL` where the server supports it (see [`ScyllaStore`]).
+//! * `scylla://host:port/keyspace[?replication_factor=N]`: ScyllaDB (or Apache Cassandra)
+//!   through the `scylla` driver; keyspace and tables created at start, prepared statements,
+//!   newest-wins by write timestamp, `USING TTL`, incidents by lightweight transaction, one
+//!   UNLOGGED batch per window partition (see [`ScyllaStore`]).
 //!
 //! ## Semantics (every backend)
 //! * `vehicle_state`: one row per vehicle; an older event never overwrites a newer one (the
@@ -18,7 +19,9 @@
 //! * `deliveries`: one row per delivery (status, ETA, lateness, last position), replaced by
 //!   each write of its single writer; listed per vehicle.
 //! * Rows expire after their TTL (`vehicle_state` 7 days and `vehicle_windows` 30 days by
-//!   default); time is a parameter (`now_ms`), so expiry is testable.
+//!   default). SQLite takes time as a parameter (`now_ms`), so its expiry is testable without
+//!   waiting; the CQL backend uses the server's `USING TTL`, which expires by the server's
+//!   clock (the `now_ms` of its reads is unused).
 //!
 //! ## Example
 //! ```
@@ -42,7 +45,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use scylla::{Dialect, ScyllaStore};
+pub use scylla::ScyllaStore;
 pub use sqlite::SqliteStore;
 
 /// Result with this crate's [`Error`].
@@ -235,7 +238,9 @@ pub fn day_of(ms: i64) -> i64 {
 /// What every backend offers.
 pub trait StateStore: Send + Sync {
     /// Writes a batch of states; per vehicle, the newest `event_time` wins, whatever the order
-    /// of calls. Returns how many rows changed.
+    /// of calls. Returns how many rows it wrote: SQLite counts the rows that changed; the CQL
+    /// backend (no read before the write: the server resolves newest-wins) counts the newest
+    /// row of each vehicle in the batch.
     fn upsert_vehicle_states(
         &self,
         rows: &[VehicleState],
@@ -252,8 +257,7 @@ pub trait StateStore: Send + Sync {
     /// Unexpired states in the backend's order of vehicles, after vehicle `after` (exclusive;
     /// `""`: from the first), at most `limit`: pass the last id of a page to get the next one
     /// (the API's listings page through every vehicle this way). SQLite orders by vehicle id;
-    /// ScyllaDB in token order (a paged scan of the table; `after` must be an id the previous
-    /// page returned).
+    /// CQL in token order (`token(vehicle_id) > token(after)`).
     fn vehicle_states(
         &self,
         after: &str,
