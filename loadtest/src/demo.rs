@@ -535,7 +535,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
     }
     // The local stack's servers (not an external pipeline's: they are not on this machine).
     let stack: &[&str] = if external.is_none() {
-        &["kafka", "mqtt", "registry"]
+        &["kafka-1", "mqtt", "registry"]
     } else {
         &[]
     };

@@ -121,7 +121,7 @@ impl CpuProbe {
         let pids = [
             stack_pid("mqtt"),
             Some(bridge),
-            stack_pid("kafka"),
+            stack_pid("kafka-1"),
             Some(std::process::id()),
         ];
         let start = pids.map(|p| p.map_or(0.0, cpu_seconds));
