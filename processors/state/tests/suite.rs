@@ -560,15 +560,13 @@ async fn sqlite_backend_passes_the_suite() {
     suite(&store, Backend::Sqlite).await;
 }
 
-#[tokio::test]
-async fn several_processes_share_one_sqlite_file() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let url = format!("sqlite://{}/shared.db", dir.path().display());
-    // Two independent connections, as two processes would have, writing concurrently.
-    let a = Store::open(&url, StoreOptions::default()).await.expect("a");
-    let b = Store::open(&url, StoreOptions::default()).await.expect("b");
+/// Two stores on `url` (two processes) write vehicle "S" concurrently: one the even event
+/// times 398..0 (newest first), the other the odd ones 1..399; returns what a third reads.
+async fn two_writers_race(url: &str) -> VehicleState {
+    let a = Store::open(url, StoreOptions::default()).await.expect("a");
+    let b = Store::open(url, StoreOptions::default()).await.expect("b");
     let wa = tokio::spawn(async move {
-        for t in 0..200 {
+        for t in (0..200).rev() {
             a.upsert_vehicle_states(&[state("S", t * 2, 1.0)], 1)
                 .await
                 .expect("a writes");
@@ -583,8 +581,16 @@ async fn several_processes_share_one_sqlite_file() {
     });
     wa.await.expect("a");
     wb.await.expect("b");
-    let c = Store::open(&url, StoreOptions::default()).await.expect("c");
-    let s = c.vehicle_state("S", 1).await.expect("read").expect("row");
+    let c = Store::open(url, StoreOptions::default()).await.expect("c");
+    c.vehicle_state("S", 1).await.expect("read").expect("row")
+}
+
+#[tokio::test]
+async fn several_processes_share_one_sqlite_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}/shared.db", dir.path().display());
+    // Two independent connections, as two processes would have, writing concurrently.
+    let s = two_writers_race(&url).await;
     assert_eq!(s.event_time, 399, "the newest event of either writer wins");
 }
 
@@ -656,26 +662,7 @@ async fn cql_newest_wins_between_concurrent_writers() {
         std::process::id(),
         fleet_now_ms()
     );
-    let a = Store::open(&url, StoreOptions::default()).await.expect("a");
-    let b = Store::open(&url, StoreOptions::default()).await.expect("b");
-    let wa = tokio::spawn(async move {
-        for t in (0..200).rev() {
-            a.upsert_vehicle_states(&[state("S", t * 2, 1.0)], 1)
-                .await
-                .expect("a writes");
-        }
-    });
-    let wb = tokio::spawn(async move {
-        for t in 0..200 {
-            b.upsert_vehicle_states(&[state("S", t * 2 + 1, 2.0)], 1)
-                .await
-                .expect("b writes");
-        }
-    });
-    wa.await.expect("a");
-    wb.await.expect("b");
-    let c = Store::open(&url, StoreOptions::default()).await.expect("c");
-    let s = c.vehicle_state("S", 1).await.expect("read").expect("row");
+    let s = two_writers_race(&url).await;
     assert_eq!(
         s,
         state("S", 399, 2.0),
