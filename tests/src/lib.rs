@@ -172,6 +172,14 @@ pub async fn decode_all<T: fleet_schemas::Record>(records: &[testkit::Consumed])
     out
 }
 
+/// A device's telemetry JSON for `vehicle` with sequence number `seq` in its odometer (tests
+/// find every message by it) and `ts` as both device and send time.
+pub fn reading_json(vehicle: &str, seq: usize, ts: i64) -> String {
+    format!(
+        r#"{{"vehicleId":"{vehicle}","timestamp":{ts},"sentAt":{ts},"location":{{"lat":4.6097,"lon":-74.0817}},"speed":65.5,"cargo_temperature":4.0,"odometer":{seq}}}"#
+    )
+}
+
 /// Port of the local MQTT broker's plain listener.
 pub fn mqtt_port() -> u16 {
     std::env::var("FLEET_MQTT_URL")

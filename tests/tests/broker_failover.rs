@@ -11,17 +11,13 @@ use std::time::{Duration, Instant};
 
 use fleet_e2e::mqtt::{Auth, Device};
 use fleet_e2e::testkit::{self, TopicTail};
-use fleet_e2e::{BridgeRun, KafkaCluster, Proc, credentials, decode_all, mqtt_port, wait_ready};
+use fleet_e2e::{
+    BridgeRun, KafkaCluster, Proc, credentials, decode_all, mqtt_port, reading_json, wait_ready,
+};
 use fleet_schemas::TelemetryReading;
 
 /// Kafka ports of this test's cluster: 19092, 19192, 19292 (controllers on each + 1).
 const BASE_PORT: u16 = 19_092;
-
-fn reading_json(vehicle: &str, seq: usize, ts: i64) -> String {
-    format!(
-        r#"{{"vehicleId":"{vehicle}","timestamp":{ts},"sentAt":{ts},"location":{{"lat":4.6097,"lon":-74.0817}},"speed":65.5,"cargo_temperature":4.0,"odometer":{seq}}}"#
-    )
-}
 
 /// Publishes readings `from..to` at about `per_sec`, spread over 100 vehicles.
 async fn publish(dev: &Device, run: &BridgeRun, from: usize, to: usize, per_sec: usize) {

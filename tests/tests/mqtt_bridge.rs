@@ -15,7 +15,7 @@ use fleet_e2e::mqtt::{Auth, Device};
 use fleet_e2e::testkit::{self, TopicTail};
 use fleet_e2e::{
     BridgeRun as Run, Proc, credentials, decode_all, free_port, mqtt_port, mqtt_tls_port,
-    state_dir, wait_ready,
+    reading_json, state_dir, wait_ready,
 };
 use fleet_schemas::{
     CommandKind, DeadLetter, DeliveryEvent, DeviceCommand, EmergencyEvent, EmergencyKind, Encoder,
@@ -41,12 +41,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn reading_json(vehicle: &str, seq: usize, ts: i64) -> String {
-    format!(
-        r#"{{"vehicleId":"{vehicle}","timestamp":{ts},"sentAt":{ts},"location":{{"lat":4.6097,"lon":-74.0817}},"speed":65.5,"cargo_temperature":4.0,"odometer":{seq}}}"#
-    )
 }
 
 fn metric(text: &str, needle: &str) -> f64 {
