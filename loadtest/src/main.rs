@@ -20,6 +20,7 @@ mod anomaly;
 mod api;
 mod demo;
 mod door;
+mod drain;
 mod fleet;
 mod http;
 mod lake;
@@ -86,6 +87,22 @@ enum Scenario {
     Anomaly {
         /// Readings in the backlog.
         #[arg(long, default_value_t = 300_000)]
+        records: usize,
+        /// Simulated vehicles.
+        #[arg(long, default_value_t = 10_000)]
+        vehicles: usize,
+        /// Write the JSON report here as well as to stdout.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// A processor on a finite backlog: does its committed offset reach the end, how soon after
+    /// its last output, and does a restart re-process anything?
+    Drain {
+        /// telemetry-processor or anomaly-processor.
+        #[arg(long, default_value = "telemetry-processor")]
+        processor: String,
+        /// Readings in the backlog.
+        #[arg(long, default_value_t = 2_000_000)]
         records: usize,
         /// Simulated vehicles.
         #[arg(long, default_value_t = 10_000)]
@@ -723,6 +740,15 @@ async fn main() -> anyhow::Result<()> {
             report,
         } => {
             let r = lake::run(records, vehicles.max(1), max_file_rows, commit_interval_s).await?;
+            emit(&r, report.as_deref())?;
+        }
+        Scenario::Drain {
+            processor,
+            records,
+            vehicles,
+            report,
+        } => {
+            let r = drain::run(&processor, records, vehicles.max(1)).await?;
             emit(&r, report.as_deref())?;
         }
         Scenario::Anomaly {

@@ -363,3 +363,49 @@ impl Drop for KafkaCluster {
 }
 
 pub mod mqtt;
+
+/// Polls the broker (every 200 ms, up to `timeout`) until `group` has committed the high
+/// watermark of every partition of `topic`; returns how long that took, or the last view.
+pub async fn wait_committed_to_end(
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Duration, Vec<testkit::PartitionLag>> {
+    let started = std::time::Instant::now();
+    loop {
+        let (g, t) = (group.to_owned(), topic.to_owned());
+        let view = tokio::task::spawn_blocking(move || testkit::group_lag(&g, &t))
+            .await
+            .expect("group_lag");
+        if view
+            .iter()
+            .all(|p| p.high == 0 || p.committed == Some(p.high))
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(view);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The samples of metric `name` (exact name, any labels) in a Prometheus text exposition.
+pub fn metric_samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return None;
+            }
+            let (labels, value) = rest.rsplit_once(' ')?;
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of every sample of metric `name`.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    metric_samples(text, name).iter().map(|(_, v)| v).sum()
+}

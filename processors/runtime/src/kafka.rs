@@ -84,15 +84,39 @@ impl ClientContext for FleetContext {
     fn stats(&self, stats: Statistics) {
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
-                // Processing lag: records in the partition not yet handed to the run loop. (The
-                // committed offset can trail on purpose, e.g. held back to open windows.)
-                if *partition >= 0 && p.app_offset >= 0 && p.hi_offset >= 0 {
-                    self.metrics
-                        .set_lag(topic, *partition, (p.hi_offset - p.app_offset).max(0));
+                if *partition < 0 || p.hi_offset < 0 || p.fetch_state == "none" {
+                    continue;
+                }
+                if let Some(lag) = committed_lag(p.hi_offset, p.lo_offset, p.committed_offset) {
+                    self.metrics.set_lag(topic, *partition, lag);
+                }
+                if p.app_offset >= 0 {
+                    self.metrics.set_fetch_lag(
+                        topic,
+                        *partition,
+                        (p.hi_offset - p.app_offset).max(0),
+                    );
                 }
             }
         }
     }
+}
+
+/// The lag an operator's tools show for a partition: records after the group's committed
+/// offset. With nothing committed yet, every retained record counts (a restart would read them
+/// all with `auto.offset.reset=earliest`). `None` when the watermarks are not known yet.
+pub fn committed_lag(hi_offset: i64, lo_offset: i64, committed_offset: i64) -> Option<i64> {
+    if hi_offset < 0 {
+        return None;
+    }
+    let from = if committed_offset >= 0 {
+        committed_offset
+    } else if lo_offset >= 0 {
+        lo_offset
+    } else {
+        return None;
+    };
+    Some((hi_offset - from).max(0))
 }
 
 impl ConsumerContext for FleetContext {
@@ -118,6 +142,9 @@ impl ConsumerContext for FleetContext {
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 self.metrics.set_assigned(0);
+                for e in tpl.elements() {
+                    self.metrics.forget_lag(e.topic(), e.partition());
+                }
                 if let Some(tx) = &self.rebalances {
                     let _ = tx.send(Rebalanced::Revoked(parts(tpl)));
                 }
@@ -410,5 +437,20 @@ mod tests {
         assert_eq!(replication_for(&cfg, 9), (5, 4));
         cfg.min_insync_replicas = 3;
         assert_eq!(replication_for(&cfg, 9), (5, 3));
+    }
+
+    #[test]
+    fn committed_lag_is_what_the_broker_tools_show() {
+        assert_eq!(committed_lag(1000, 0, 1000), Some(0), "drained");
+        assert_eq!(committed_lag(1000, 0, 400), Some(600));
+        assert_eq!(
+            committed_lag(1000, 300, -1001),
+            Some(700),
+            "nothing committed: every retained record"
+        );
+        assert_eq!(committed_lag(0, 0, -1001), Some(0), "empty partition");
+        assert_eq!(committed_lag(-1, 0, 5), None, "watermarks unknown");
+        assert_eq!(committed_lag(10, -1, -1001), None);
+        assert_eq!(committed_lag(10, 0, 12), Some(0), "never negative");
     }
 }

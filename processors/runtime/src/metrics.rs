@@ -9,7 +9,9 @@
 //! | `fleet_processor_outputs_total` | component, topic | records produced and acknowledged |
 //! | `fleet_processor_retries_total` | component, stage | transient failures retried (`decode`, `process`, `produce`) |
 //! | `fleet_processor_in_flight_records` | component | inputs whose outputs await acknowledgement |
-//! | `fleet_consumer_lag_records` | component, topic, partition | high watermark minus the consumer's position (librdkafka statistics) |
+//! | `fleet_consumer_lag_records` | component, topic, partition | **committed lag**: high watermark minus the group's committed offset (what `kafka-consumer-groups --describe`, Burrow or KEDA show); with no committed offset yet, minus the low watermark |
+//! | `fleet_consumer_fetch_lag_records` | component, topic, partition | fetch lag: high watermark minus the offset of the next record handed to the run loop (how far reading trails; the committed lag can trail further on purpose, e.g. held for open windows) |
+//! | `fleet_processor_reprocessed_records_total` | component, topic | inputs at or below a partition's offset already processed by an earlier run (read from the commit metadata): the cost of a restart; 0 after a clean drain |
 //! | `fleet_consumer_assigned_partitions` | component | partitions currently assigned |
 //! | `fleet_stage_latency_seconds` | component, stage | histogram of a stage's latency (for example `mqtt_to_kafka_ack`) |
 
@@ -51,6 +53,8 @@ pub struct Metrics {
     retries: Family<Labels, Counter>,
     in_flight: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
+    fetch_lag: Family<Labels, Gauge>,
+    reprocessed: Family<Labels, Counter>,
     assigned: Family<Labels, Gauge>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Readiness inputs.
@@ -67,6 +71,8 @@ impl Metrics {
         let retries = Family::<Labels, Counter>::default();
         let in_flight = Family::<Labels, Gauge>::default();
         let lag = Family::<Labels, Gauge>::default();
+        let fetch_lag = Family::<Labels, Gauge>::default();
+        let reprocessed = Family::<Labels, Counter>::default();
         let assigned = Family::<Labels, Gauge>::default();
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
             // 0.25 ms .. ~16 s
@@ -99,8 +105,18 @@ impl Metrics {
         );
         registry.register(
             "fleet_consumer_lag_records",
-            "Consumer lag per partition (librdkafka statistics)",
+            "Committed lag per partition: high watermark minus the committed offset",
             lag.clone(),
+        );
+        registry.register(
+            "fleet_consumer_fetch_lag_records",
+            "Fetch lag per partition: high watermark minus the next record handed to the loop",
+            fetch_lag.clone(),
+        );
+        registry.register(
+            "fleet_processor_reprocessed_records",
+            "Inputs already processed by an earlier run (per the commit metadata), read again",
+            reprocessed.clone(),
         );
         registry.register(
             "fleet_consumer_assigned_partitions",
@@ -121,6 +137,8 @@ impl Metrics {
             retries,
             in_flight,
             lag,
+            fetch_lag,
+            reprocessed,
             assigned,
             latency,
             health: Health::default(),
@@ -167,11 +185,33 @@ impl Metrics {
         self.in_flight.get_or_create(&self.labels(&[])).clone()
     }
 
-    /// Sets the lag gauge of one partition.
+    /// Sets the committed-lag gauge of one partition.
     pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.lag
             .get_or_create(&self.labels(&[("topic", topic), ("partition", &partition.to_string())]))
             .set(lag);
+    }
+
+    /// Sets the fetch-lag gauge of one partition.
+    pub fn set_fetch_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.fetch_lag
+            .get_or_create(&self.labels(&[("topic", topic), ("partition", &partition.to_string())]))
+            .set(lag);
+    }
+
+    /// Drops both lag series of a partition this instance no longer owns (its new owner
+    /// reports it).
+    pub fn forget_lag(&self, topic: &str, partition: i32) {
+        let labels = self.labels(&[("topic", topic), ("partition", &partition.to_string())]);
+        self.lag.remove(&labels);
+        self.fetch_lag.remove(&labels);
+    }
+
+    /// Counter of re-processed inputs of `topic` (cache the handle).
+    pub fn reprocessed(&self, topic: &str) -> Counter {
+        self.reprocessed
+            .get_or_create(&self.labels(&[("topic", topic)]))
+            .clone()
     }
 
     /// Histogram of the latency of `stage`, in seconds (cache the handle on hot paths).

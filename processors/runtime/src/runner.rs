@@ -14,6 +14,21 @@
 //! the inputs after the last commit are processed again: outputs may be duplicated (they carry
 //! deterministic `event_id`s for downstream de-duplication), nothing is lost.
 //!
+//! ## Committed offsets follow the hold
+//! For every assigned partition the loop keeps `next`, the offset after its last finished
+//! input. The stored offset is `min(Processor::hold, next)`, and it is stored again whenever it
+//! can move: after each finished input (after [`Processor::on_durable`]), after each tick's
+//! outputs settle (after [`Processor::on_tick_durable`], where processors save snapshots and
+//! close windows of quiet partitions) and after the drain. librdkafka commits the stored
+//! offsets every `auto.commit.interval.ms` (1 s), on revoke and at shutdown, so a drained
+//! processor's committed offsets reach the high watermarks within about two ticks plus one
+//! commit interval after its last output, and what operators' lag tools show is the truth.
+//!
+//! When the stored offset trails `next` (held back), the commit carries `next` in its metadata
+//! (`fleet:next=N`). After a restart, inputs below that offset are counted in
+//! `fleet_processor_reprocessed_records_total`: the work a restart repeats (0 after a clean
+//! drain; a lower bound after a crash, which loses the uncommitted metadata too).
+//!
 //! ## Failure handling
 //! * Poison (undecodable input, or the processor says [`ProcessError::Poison`]): a
 //!   [`DeadLetter`] with the reason, detail, source topic/partition/offset, key and original
@@ -26,6 +41,7 @@
 //! Per-partition order is kept: inputs are processed one at a time in the order the consumer
 //! delivers them, and produced in that order.
 
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -288,6 +304,7 @@ impl Runtime {
             rebalances,
             dlq_log_budget: DLQ_LOG_PER_TICK,
             dlq_log_suppressed: 0,
+            positions: HashMap::new(),
             shutdown,
         };
         let result = lp.run().await;
@@ -467,7 +484,30 @@ struct Loop<'r, P: Processor> {
     rebalances: tokio::sync::mpsc::UnboundedReceiver<kafka::Rebalanced>,
     dlq_log_budget: u32,
     dlq_log_suppressed: u64,
+    positions: HashMap<(Arc<str>, i32), Position>,
     shutdown: CancellationToken,
+}
+
+/// Where an assigned partition stands.
+struct Position {
+    /// The offset after the last finished input of this run (`None`: none yet).
+    next: Option<i64>,
+    /// Last stored (offset, next).
+    stored: (i64, i64),
+    /// Inputs below this offset were processed by an earlier run.
+    processed_before: i64,
+    reprocessed: Counter,
+}
+
+/// Commit metadata prefix carrying the processed position when the committed offset is held
+/// back.
+const NEXT_META: &str = "fleet:next=";
+
+/// How long reading the committed offsets of newly assigned partitions may take.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn parse_next(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix(NEXT_META)?.parse().ok()
 }
 
 /// Where a rejected Kafka record came from.
@@ -571,10 +611,15 @@ impl<P: Processor> Loop<'_, P> {
             let step = match event {
                 Event::Stop => Ok(Step::Stop),
                 Event::Rebalanced(kafka::Rebalanced::Revoked(parts)) => {
+                    for (topic, partition) in &parts {
+                        let key = (self.topic_arc(topic), *partition);
+                        self.positions.remove(&key);
+                    }
                     self.processor.on_revoke(&parts);
                     Ok(Step::Continue)
                 }
                 Event::Rebalanced(kafka::Rebalanced::Assigned(parts)) => {
+                    self.load_positions(&parts);
                     match self.processor.on_assign(&parts).await {
                         Ok(()) => Ok(Step::Continue),
                         Err(ProcessError::Fatal(e)) => Err(Error::Fatal(e)),
@@ -599,7 +644,85 @@ impl<P: Processor> Loop<'_, P> {
             }
         };
         self.drain().await;
+        self.store_all();
         result
+    }
+
+    /// Reads the committed offsets (and their `fleet:next=` metadata) of newly assigned
+    /// partitions: where this run starts and what an earlier run had already processed.
+    fn load_positions(&mut self, parts: &[(String, i32)]) {
+        let mut tpl = TopicPartitionList::with_capacity(parts.len());
+        for (topic, partition) in parts {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Invalid);
+        }
+        let committed = match self.consumer.committed_offsets(tpl, COMMITTED_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading committed offsets failed; re-processed inputs are not counted for these partitions");
+                TopicPartitionList::new()
+            }
+        };
+        for (topic, partition) in parts {
+            let (offset, meta) = committed
+                .find_partition(topic, *partition)
+                .map(|e| (e.offset().to_raw().unwrap_or(-1), e.metadata().to_owned()))
+                .unwrap_or((-1, String::new()));
+            let processed = parse_next(&meta).map_or(offset, |n| n.max(offset));
+            let topic = self.topic_arc(topic);
+            self.positions.insert(
+                (topic.clone(), *partition),
+                Position {
+                    next: None,
+                    stored: (offset, processed),
+                    processed_before: processed,
+                    reprocessed: self.rt.metrics.reprocessed(&topic),
+                },
+            );
+        }
+    }
+
+    /// Stores `min(hold, next)` for one partition if it moved (`next`: the offset after its
+    /// last finished input in this run).
+    fn store_position(&mut self, topic: &Arc<str>, partition: i32) {
+        let Some(pos) = self.positions.get_mut(&(topic.clone(), partition)) else {
+            return;
+        };
+        let Some(next) = pos.next else {
+            return;
+        };
+        let at = self
+            .processor
+            .hold(topic, partition)
+            .map_or(next, |h| h.min(next));
+        if pos.stored == (at, next) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        let stored = tpl
+            .add_partition_offset(topic, partition, Offset::Offset(at))
+            .and_then(|()| {
+                if at < next
+                    && let Some(mut e) = tpl.find_partition(topic, partition)
+                {
+                    e.set_metadata(format!("{NEXT_META}{next}"));
+                }
+                self.consumer.store_offsets(&tpl)
+            });
+        match stored {
+            Ok(()) => pos.stored = (at, next),
+            // The partition was revoked meanwhile: its new owner re-processes.
+            Err(e) => {
+                tracing::debug!(error = %e, topic = &**topic, partition, at, "offset not stored")
+            }
+        }
+    }
+
+    /// [`Self::store_position`] for every assigned partition (holds move on ticks).
+    fn store_all(&mut self) {
+        let keys: Vec<(Arc<str>, i32)> = self.positions.keys().cloned().collect();
+        for (topic, partition) in keys {
+            self.store_position(&topic, partition);
+        }
     }
 
     fn next_settled(&mut self) -> impl Future<Output = Settled> + '_ {
@@ -645,18 +768,17 @@ impl<P: Processor> Loop<'_, P> {
                             tracing::warn!(error = %e, topic = &**topic, partition, "on_durable failed");
                         }
                     }
-                    let store_at = self
-                        .processor
-                        .hold(topic, *partition)
-                        .map_or(next, |h| h.min(next));
-                    let mut tpl = TopicPartitionList::with_capacity(1);
-                    let stored = tpl
-                        .add_partition_offset(topic, *partition, Offset::Offset(store_at))
-                        .and_then(|()| self.consumer.store_offsets(&tpl));
-                    if let Err(e) = stored {
-                        // The partition was revoked meanwhile: its new owner re-processes.
-                        tracing::debug!(error = %e, topic = &**topic, partition, offset, "offset not stored");
-                    }
+                    let metrics = &self.rt.metrics;
+                    self.positions
+                        .entry((topic.clone(), *partition))
+                        .or_insert_with(|| Position {
+                            next: None,
+                            stored: (-1, -1),
+                            processed_before: -1,
+                            reprocessed: metrics.reprocessed(topic),
+                        })
+                        .next = Some(next);
+                    self.store_position(topic, *partition);
                     let metrics = &self.rt.metrics;
                     if entry.dead_lettered {
                         self.summary.dead_lettered += 1;
@@ -678,6 +800,9 @@ impl<P: Processor> Loop<'_, P> {
                         Err(ProcessError::Fatal(m)) => return Err(Error::Fatal(m)),
                         Err(e) => tracing::warn!(error = %e, "on_tick_durable failed"),
                     }
+                    // The tick may have moved holds (snapshots saved, windows of quiet
+                    // partitions closed and durable): store where each partition now stands.
+                    self.store_all();
                 }
                 self.rt.metrics.health.progress(now_ms());
                 self.set_in_flight();
@@ -737,6 +862,7 @@ impl<P: Processor> Loop<'_, P> {
 
     async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> Result<Step> {
         let topic = msg.topic();
+        self.count_reprocessed(topic, msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or(&[]);
         let mut delay = self.rt.runner.retry_initial;
         let mut dead = false;
@@ -791,6 +917,16 @@ impl<P: Processor> Loop<'_, P> {
         let source = Some((self.topic_arc(topic), msg.partition(), msg.offset()));
         self.enqueue(source, dead).await?;
         Ok(Step::Continue)
+    }
+
+    fn count_reprocessed(&mut self, topic: &str, partition: i32, offset: i64) {
+        // Few partitions per instance; the Arc clone is a reference-count increment.
+        let key = (self.topic_arc(topic), partition);
+        if let Some(pos) = self.positions.get(&key)
+            && offset < pos.processed_before
+        {
+            pos.reprocessed.inc();
+        }
     }
 
     fn topic_arc(&mut self, topic: &str) -> Arc<str> {
@@ -880,5 +1016,19 @@ impl<P: Processor> Loop<'_, P> {
         let n = self.in_flight.len();
         self.counters.in_flight.set(n as i64);
         self.rt.metrics.health.in_flight.store(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_metadata_carries_the_processed_position() {
+        assert_eq!(parse_next(&format!("{NEXT_META}12345")), Some(12345));
+        assert_eq!(parse_next(""), None);
+        assert_eq!(parse_next("fleet:next="), None);
+        assert_eq!(parse_next("other-tool-metadata"), None);
+        assert_eq!(parse_next("fleet:next=12x"), None);
     }
 }

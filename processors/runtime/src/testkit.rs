@@ -240,3 +240,67 @@ pub async fn populate_topic_paced(topic: &str, records: &[(Vec<u8>, Vec<u8>)], p
         }
     }
 }
+
+/// One partition as the broker's group tools see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// Partition number.
+    pub partition: i32,
+    /// The group's committed offset (`None`: nothing committed).
+    pub committed: Option<i64>,
+    /// The high watermark.
+    pub high: i64,
+}
+
+impl PartitionLag {
+    /// High watermark minus the committed offset (every retained record if none).
+    pub fn lag(&self) -> i64 {
+        self.high - self.committed.unwrap_or(0)
+    }
+}
+
+/// `group`'s committed offsets and the high watermarks of every partition of `topic`, read
+/// like `kafka-consumer-groups --describe` does (an OffsetFetch; the caller does not join).
+pub fn group_lag(group: &str, topic: &str) -> Vec<PartitionLag> {
+    let timeout = Duration::from_secs(10);
+    #[allow(clippy::expect_used)]
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("admin consumer");
+    #[allow(clippy::expect_used)]
+    let md = c
+        .fetch_metadata(Some(topic), timeout)
+        .expect("topic metadata");
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    #[allow(clippy::expect_used)]
+    let committed = c
+        .committed_offsets(tpl, timeout)
+        .expect("committed offsets");
+    partitions
+        .into_iter()
+        .map(|p| {
+            #[allow(clippy::expect_used)]
+            let (_, high) = c.fetch_watermarks(topic, p, timeout).expect("watermarks");
+            let committed = committed
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0);
+            PartitionLag {
+                partition: p,
+                committed,
+                high,
+            }
+        })
+        .collect()
+}

@@ -88,7 +88,7 @@ struct Part {
     frontier: Option<i64>,
     /// Closed windows not yet covered by the saved frontier: (first offset, end).
     closed_pending: BTreeSet<(i64, i64)>,
-    /// Closes awaiting durability: (offset whose outputs carry them, watermark at the close).
+    /// Closes by inputs awaiting durability: (the input's offset, watermark at the close).
     closes: VecDeque<(i64, i64)>,
     /// Offset of the last input seen.
     last_offset: i64,
@@ -113,6 +113,11 @@ pub struct Telemetry<S> {
     max_buffered: usize,
     parts: HashMap<i32, Part>,
     states: HashMap<String, VehicleState>,
+    /// Closes made by each successful tick, in order: (partition, watermark at the close);
+    /// durable when [`Processor::on_tick_durable`] pops them.
+    tick_closes: VecDeque<Vec<(i32, i64)>>,
+    /// Durable closes whose frontier could not be saved yet (store error): retried next tick.
+    unsaved_closes: Vec<(i32, i64)>,
     /// Replayed readings skipped because their windows were already emitted.
     pub skipped_replays: u64,
 }
@@ -141,6 +146,8 @@ impl<S: StateStore> Telemetry<S> {
             max_buffered: config.max_buffered_states.max(1),
             parts: HashMap::new(),
             states: HashMap::new(),
+            tick_closes: VecDeque::new(),
+            unsaved_closes: Vec::new(),
             skipped_replays: 0,
         })
     }
@@ -188,18 +195,18 @@ impl<S: StateStore> Telemetry<S> {
     }
 
     /// Emits the closed, not yet emitted windows of `partitions` ((partition, watermark of the
-    /// close, carrier offset whose outputs carry them)) to `out` and the store. Only when the
-    /// store write succeeded are they handed over to the frontier bookkeeping; on a failure they
-    /// stay in `unemitted` and the caller's retry emits them again, so a window is never dropped
-    /// between closing and emission.
+    /// close)) to `out` and the store, and returns the (partition, watermark) closes the caller
+    /// must make durable. Only when the store write succeeded are the windows handed over to
+    /// the frontier bookkeeping; on a failure they stay in `unemitted` and the caller's retry
+    /// emits them again, so a window is never dropped between closing and emission.
     async fn emit(
         &mut self,
-        partitions: &[(i32, i64, i64)],
+        partitions: &[(i32, i64)],
         out: &mut Outputs,
         now: i64,
-    ) -> Result<(), ProcessError> {
+    ) -> Result<Vec<(i32, i64)>, ProcessError> {
         let mut rows = Vec::new();
-        for (p, _, _) in partitions {
+        for (p, _) in partitions {
             let Some(part) = self.parts.get(p) else {
                 continue;
             };
@@ -210,13 +217,14 @@ impl<S: StateStore> Telemetry<S> {
             }
         }
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.store
             .put_windows(&rows, now)
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?;
-        for (p, watermark, carrier) in partitions {
+        let mut closes = Vec::with_capacity(partitions.len());
+        for (p, watermark) in partitions {
             let Some(part) = self.parts.get_mut(p) else {
                 continue;
             };
@@ -226,7 +234,27 @@ impl<S: StateStore> Telemetry<S> {
             for c in part.unemitted.drain(..) {
                 part.closed_pending.insert((c.first_tag, c.window.end));
             }
-            part.closes.push_back((*carrier, *watermark));
+            closes.push((*p, *watermark));
+        }
+        Ok(closes)
+    }
+
+    /// Saves `frontier` for `partition` (once the outputs of the closes up to it are durable)
+    /// and forgets the closed windows it covers, releasing their hold.
+    async fn advance_frontier(&mut self, partition: i32, f: i64) -> Result<(), ProcessError> {
+        let Some(part) = self.parts.get(&partition) else {
+            return Ok(());
+        };
+        if part.frontier.is_some_and(|old| old >= f) {
+            return Ok(());
+        }
+        self.store
+            .save_frontier(&self.group, &self.input_topic, partition, f)
+            .await
+            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        if let Some(part) = self.parts.get_mut(&partition) {
+            part.frontier = Some(f);
+            part.closed_pending.retain(|(_, end)| *end > f);
         }
         Ok(())
     }
@@ -358,8 +386,12 @@ impl<S: StateStore> Processor for Telemetry<S> {
             let part = self.part(input.partition).await?;
             let closed = part.windows.close_until(wm);
             part.unemitted.extend(closed);
-            self.emit(&[(input.partition, wm, offset)], out, now)
-                .await?;
+            let closes = self.emit(&[(input.partition, wm)], out, now).await?;
+            if let Some(part) = self.parts.get_mut(&input.partition) {
+                // This input's outputs carry the close: durable with it (`on_durable`).
+                part.closes
+                    .extend(closes.into_iter().map(|(_, wm)| (offset, wm)));
+            }
         }
         Ok(())
     }
@@ -374,11 +406,30 @@ impl<S: StateStore> Processor for Telemetry<S> {
             };
             let closed = part.windows.close_until(wm);
             part.unemitted.extend(closed);
-            // Timer outputs settle before any later input of the partition, so the next input
-            // (last + 1) carries them.
-            due.push((*p, wm, part.last_offset + 1));
+            due.push((*p, wm));
         }
-        self.emit(&due, out, now_ms).await
+        // Durable with this tick's entry (`on_tick_durable`), also when no input follows:
+        // a quiet partition's last windows release their hold, so its offset can be committed.
+        let closes = self.emit(&due, out, now_ms).await?;
+        self.tick_closes.push_back(closes);
+        Ok(())
+    }
+
+    async fn on_tick_durable(&mut self) -> Result<(), ProcessError> {
+        let Some(mut closes) = self.tick_closes.pop_front() else {
+            return Ok(());
+        };
+        // Closes whose frontier failed to save at an earlier tick are durable all the same.
+        closes.append(&mut self.unsaved_closes);
+        let mut result = Ok(());
+        for (p, wm) in closes {
+            if let Err(e) = self.advance_frontier(p, wm).await {
+                // Saved at the next tick; the partition's hold stays until then.
+                self.unsaved_closes.push((p, wm));
+                result = Err(e);
+            }
+        }
+        result
     }
 
     fn hold(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -420,18 +471,7 @@ impl<S: StateStore> Processor for Telemetry<S> {
         let Some(f) = frontier else {
             return Ok(());
         };
-        if part.frontier.is_some_and(|old| old >= f) {
-            return Ok(());
-        }
-        self.store
-            .save_frontier(&self.group, &self.input_topic, partition, f)
-            .await
-            .map_err(|e| ProcessError::Transient(e.to_string()))?;
-        if let Some(part) = self.parts.get_mut(&partition) {
-            part.frontier = Some(f);
-            part.closed_pending.retain(|(_, end)| *end > f);
-        }
-        Ok(())
+        self.advance_frontier(partition, f).await
     }
 
     fn on_revoke(&mut self, partitions: &[(String, i32)]) {
