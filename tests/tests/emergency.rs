@@ -100,16 +100,16 @@ async fn a_panic_button_reaches_people_and_the_camera_once() {
     assert_eq!(body["command"], "start_camera");
     // The tail of the emergencies topic may see the record after the notifications arrived.
     assert!(emg_tail.wait_for(1, Duration::from_secs(30)).await >= 1);
-    let incident_id = {
+    let emergency = {
         let dec = Decoder::<EmergencyEvent>::new(
             Registry::new(&testkit::registry_url()).expect("registry"),
         );
         dec.decode(&emg_tail.snapshot()[0].payload)
             .await
             .expect("emergency")
-            .event_id
     };
-    assert!(got.iter().all(|n| n.source_event_id == incident_id));
+    assert!(got.iter().all(|n| n.source_event_id == emergency.event_id));
+    let incident_id = fleet_emergency::incident_id(&emergency);
 
     // Kill the processor, restart it, and let the device send the very same panic again.
     tokio::time::sleep(Duration::from_secs(2)).await; // offsets auto-committed

@@ -46,7 +46,21 @@ pub async fn send(addr: &str, mail: &Mail<'_>, timeout: Duration) -> Result<(), 
     }
 }
 
+/// An envelope address as given, refused (permanently) when it could break out of its
+/// command or header: control characters (CR, LF, ...), angle brackets, or nothing at all.
+fn checked_address(a: &str) -> Result<&str, SmtpError> {
+    if a.is_empty() || a.chars().any(|c| c.is_control() || c == '<' || c == '>') {
+        return Err(SmtpError::Permanent(format!(
+            "refusing the address {a:?}: empty, or control characters or angle brackets"
+        )));
+    }
+    Ok(a)
+}
+
 async fn exchange(addr: &str, mail: &Mail<'_>) -> Result<(), SmtpError> {
+    checked_address(mail.from)?;
+    checked_address(mail.to)?;
+    checked_address(mail.id)?;
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| SmtpError::Transient(format!("connecting to {addr}: {e}")))?;
@@ -118,12 +132,19 @@ fn message(m: &Mail<'_>) -> String {
          Content-Transfer-Encoding: 8bit\r\n\r\n",
         m.from, m.to, m.id
     );
-    for line in m.body.lines() {
+    // Every line ending the text may carry (CRLF, bare LF, bare CR) becomes one CRLF: a bare CR
+    // passed through could end the DATA early at a lenient server (SMTP smuggling).
+    let body = m.body.replace("\r\n", "\n").replace('\r', "\n");
+    for line in body.split('\n') {
         if line.starts_with('.') {
             s.push('.');
         }
         s.push_str(line);
         s.push_str("\r\n");
+    }
+    if body.ends_with('\n') {
+        // The text's own final line break is already the CRLF before the terminator.
+        s.truncate(s.len() - 2);
     }
     s.push_str(".\r\n");
     s
@@ -196,5 +217,63 @@ mod tests {
             plain.contains("Subject: a  Bcc: evil@z\r\n"),
             "no header injection: {plain}"
         );
+    }
+
+    /// SMTP smuggling: a bare CR (or LF) in text a device or customer controls must never
+    /// reach the wire as anything but part of a CRLF, and no line may end the DATA early.
+    #[test]
+    fn bare_line_endings_in_the_body_become_crlf_and_cannot_end_the_data() {
+        let m = Mail {
+            from: "a@x",
+            to: "b@y",
+            subject: "s",
+            body: "x\r.\r\nMAIL FROM:<evil@z>\r\ny\n.\rz\r\n",
+            id: "id-2",
+        };
+        let s = message(&m);
+        let data = &s[s.find("\r\n\r\n").unwrap() + 4..];
+        for (i, b) in data.bytes().enumerate() {
+            if b == b'\r' {
+                assert_eq!(
+                    data.as_bytes().get(i + 1),
+                    Some(&b'\n'),
+                    "bare CR at {i}: {data:?}"
+                );
+            }
+            if b == b'\n' {
+                assert!(
+                    i > 0 && data.as_bytes()[i - 1] == b'\r',
+                    "bare LF at {i}: {data:?}"
+                );
+            }
+        }
+        assert_eq!(
+            data.matches("\r\n.\r\n").count(),
+            1,
+            "only the terminator is a lone dot line: {data:?}"
+        );
+        assert!(data.ends_with("\r\n.\r\n"), "{data:?}");
+        assert_eq!(
+            data,
+            "x\r\n..\r\nMAIL FROM:<evil@z>\r\ny\r\n..\r\nz\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn envelope_addresses_cannot_inject_commands() {
+        assert!(checked_address("ops@example.com").is_ok());
+        for bad in [
+            "a@x\r\nRCPT TO:<evil@z>",
+            "a@x>",
+            "<a@x",
+            "",
+            "a\n@x",
+            "a\r@x",
+        ] {
+            assert!(
+                matches!(checked_address(bad), Err(SmtpError::Permanent(_))),
+                "{bad:?} refused"
+            );
+        }
     }
 }

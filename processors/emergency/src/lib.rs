@@ -1,7 +1,7 @@
 //! # emergency-processor: the fast lane
 //!
 //! ```text
-//! fleet.emergencies ─> record incident (state store, once per event_id)
+//! fleet.emergencies ─> record incident (state store, once per incident id)
 //!                   ─> severity policy (fleet_domain::incident)
 //!                   ─> fleet.notifications  (operations dashboard; owner; authorities)
 //!                   ─> fleet.commands       (start_camera, for high and critical)
@@ -13,12 +13,15 @@
 //! known to be in an open incident).
 //!
 //! ## Delivery guarantee
-//! At least once, de-duplicated by `event_id`. An emergency's incident is recorded before its
+//! At least once, de-duplicated by the incident id: [`incident_id`], the emergency's `event_id`
+//! scoped to its vehicle and kind (a device's `eventId` is only unique per device: firmware
+//! that restarts its counter, or two vehicles using the same id, must not make one vehicle's
+//! panic a replay of another's). An emergency's incident is recorded before its
 //! outputs are produced; the offset is stored after the outputs are acknowledged, and then the
 //! incident is marked `notified`. A replay of an emergency whose incident is already marked
 //! notified (the bridge re-sent it, or the processor restarted after finishing it) produces
 //! nothing. A crash between recording and marking re-produces the same outputs, with the same
-//! deterministic `event_id`s (derived from the emergency id and the recipient), which the
+//! deterministic `event_id`s (derived from the incident id and the recipient), which the
 //! notifier uses as its idempotency key.
 //!
 //! ## Latency
@@ -202,7 +205,7 @@ impl<S: StateStore> Emergency<S> {
             body.push_str(" The camera was asked to start recording.");
         }
         Notification {
-            event_id: ids::derived_id(&[&e.event_id, &recipient]),
+            event_id: ids::derived_id(&[&incident_id(e), &recipient]),
             recipient,
             channel,
             vehicle_id: e.vehicle_id.clone(),
@@ -269,7 +272,7 @@ impl<S: StateStore> Emergency<S> {
         if response.start_camera {
             let (ctopic, cenc) = &self.commands;
             let cmd = DeviceCommand {
-                event_id: ids::derived_id(&[&e.event_id, "start_camera"]),
+                event_id: ids::derived_id(&[&incident_id(e), "start_camera"]),
                 vehicle_id: e.vehicle_id.clone(),
                 command: CommandKind::StartCamera,
                 params: BTreeMap::from([(
@@ -285,6 +288,13 @@ impl<S: StateStore> Emergency<S> {
         }
         Ok(())
     }
+}
+
+/// The key of an emergency's incident: its `event_id` scoped to the vehicle and the kind, so
+/// that ids repeated across devices (or a device's restarted counter with another kind) never
+/// collide. Stable: a re-sent emergency maps to the same incident.
+pub fn incident_id(e: &EmergencyEvent) -> String {
+    ids::derived_id(&["incident", &e.vehicle_id, kind_name(e.kind), &e.event_id])
 }
 
 impl<S: StateStore> Processor for Emergency<S> {
@@ -305,7 +315,7 @@ impl<S: StateStore> Processor for Emergency<S> {
         let now = now_ms();
         let response = self.policy.respond(cause(e.kind), Level::from(e.severity));
         let incident = Incident {
-            incident_id: e.event_id.clone(),
+            incident_id: incident_id(e),
             vehicle_id: e.vehicle_id.clone(),
             kind: kind_name(e.kind).to_owned(),
             severity: severity_name(Severity::from(response.level)).to_owned(),
@@ -330,13 +340,13 @@ impl<S: StateStore> Processor for Emergency<S> {
             return Ok(());
         }
         if existing.is_none() {
-            tracing::info!(incident = %e.event_id, vehicle = %e.vehicle_id, kind = kind_name(e.kind), level = ?response.level, "incident recorded");
+            tracing::info!(incident = %incident.incident_id, event = %e.event_id, vehicle = %e.vehicle_id, kind = kind_name(e.kind), level = ?response.level, "incident recorded");
         }
         self.stage(e, &response, now, out)?;
         self.unconfirmed
             .entry((input.topic.to_owned(), input.partition))
             .or_default()
-            .push_back((input.offset, e.event_id.clone()));
+            .push_back((input.offset, incident.incident_id));
         Ok(())
     }
 

@@ -128,7 +128,13 @@ async fn a_panic_button_notifies_everyone_and_starts_the_camera() {
     assert_eq!(cmd.params["duration_s"], "300");
     assert!(cmd.expires_at.is_some_and(|t| t > cmd.ingest_time));
 
-    let incident = s.incident("e-1").await.unwrap().expect("recorded");
+    let id = incident_id(&emergency(
+        "e-1",
+        "VEH-1",
+        EmergencyKind::PanicButton,
+        Severity::Low,
+    ));
+    let incident = s.incident(&id).await.unwrap().expect("recorded");
     assert_eq!(
         (
             incident.vehicle_id.as_str(),
@@ -142,7 +148,7 @@ async fn a_panic_button_notifies_everyone_and_starts_the_camera() {
     assert_eq!(s.incidents_for_vehicle("VEH-1", 5).await.unwrap().len(), 1);
     p.on_durable("in", 0, 6).await.expect("durable");
     assert!(
-        s.incident("e-1")
+        s.incident(&id)
             .await
             .unwrap()
             .unwrap()
@@ -237,7 +243,20 @@ async fn confirmation_follows_the_durable_offsets() {
     p.on_durable("in", 0, 12).await.expect("durable");
     let notified = |id: &'static str| {
         let s = s.clone();
-        async move { s.incident(id).await.unwrap().unwrap().notified_at.is_some() }
+        let id = incident_id(&emergency(
+            id,
+            "VEH-5",
+            EmergencyKind::PanicButton,
+            Severity::High,
+        ));
+        async move {
+            s.incident(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .notified_at
+                .is_some()
+        }
     };
     assert!(notified("a").await && notified("b").await);
     assert!(!notified("c").await, "offset 12 not yet durable");
@@ -333,4 +352,55 @@ async fn profile_contacts_replace_the_configured_recipients() {
     .await;
     let got: Vec<&str> = out.notifications.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(got, ["operations", "owner:VEH-8", "authorities"]);
+}
+
+/// A device's `eventId` is unique only per device: the same id from another vehicle (firmware
+/// that restarts its counter, or a copied id) is another emergency, never a replay.
+#[tokio::test]
+async fn the_same_event_id_from_another_vehicle_is_another_incident() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    let mut p = processor(s.clone());
+    let a = emergency(
+        "evt-1",
+        "VEH-A",
+        EmergencyKind::PanicButton,
+        Severity::Critical,
+    );
+    let first = feed(&mut p, 1, a.clone()).await;
+    assert_eq!(first.notifications.len(), 3);
+    p.on_durable("in", 0, 2).await.expect("durable");
+    let b = emergency(
+        "evt-1",
+        "VEH-B",
+        EmergencyKind::PanicButton,
+        Severity::Critical,
+    );
+    let second = feed(&mut p, 2, b.clone()).await;
+    assert_eq!(
+        second.notifications.len(),
+        3,
+        "VEH-B's panic is notified although VEH-A used the same eventId"
+    );
+    assert_eq!(second.commands.len(), 1, "and VEH-B's camera starts");
+    assert_eq!(second.commands[0].0, "VEH-B");
+    let ids_a: Vec<&str> = first
+        .notifications
+        .iter()
+        .map(|(_, n)| n.event_id.as_str())
+        .collect();
+    for (_, n) in &second.notifications {
+        assert!(
+            !ids_a.contains(&n.event_id.as_str()),
+            "distinct notification ids"
+        );
+    }
+    assert!(s.incident(&incident_id(&b)).await.unwrap().is_some());
+    assert_eq!(s.incidents_for_vehicle("VEH-B", 5).await.unwrap().len(), 1);
+    // The same id with another kind on the same vehicle: another emergency too.
+    let crash = emergency("evt-1", "VEH-A", EmergencyKind::Crash, Severity::Critical);
+    assert_eq!(feed(&mut p, 3, crash).await.notifications.len(), 3);
+    // A re-send of VEH-A's panic still is a replay.
+    p.on_durable("in", 0, 4).await.expect("durable");
+    assert!(feed(&mut p, 4, a).await.notifications.is_empty());
 }

@@ -133,8 +133,11 @@ impl<V: Send + Sync + 'static> Table<V> {
             let mut ends = Vec::with_capacity(parts.len());
             for p in parts {
                 tpl.add_partition_offset(&t, p, Offset::Beginning)?;
-                let (_, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10))?;
-                ends.push((p, high));
+                let (low, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10))?;
+                // A partition emptied by retention or deleted records has nothing to load.
+                if high > low {
+                    ends.push((p, high));
+                }
             }
             c.assign(&tpl)?;
             Ok(ends)
@@ -149,7 +152,7 @@ impl<V: Send + Sync + 'static> Table<V> {
             convert,
             map: table.map.clone(),
         };
-        let mut remaining: HashMap<i32, i64> = ends.into_iter().filter(|(_, h)| *h > 0).collect();
+        let mut remaining: HashMap<i32, i64> = ends.into_iter().collect();
         let started = std::time::Instant::now();
         while !remaining.is_empty() {
             if shutdown.is_cancelled() {

@@ -53,7 +53,7 @@ struct VersionEntry {
     deleted: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Persisted {
     /// Schema text by global id (compact JSON).
     schemas: BTreeMap<u32, String>,
@@ -154,6 +154,21 @@ impl Store {
             data,
             by_normalised,
         })
+    }
+
+    /// Applies `f` and saves; if either fails, memory goes back to what it was, so that nothing
+    /// (an id above all) exists in memory that is not on disk: a failed save can never lead to
+    /// one id being handed out for two schemas across a restart.
+    fn change<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let before = (self.data.clone(), self.by_normalised.clone());
+        let result = f(self).and_then(|v| self.persist().map(|()| v));
+        if result.is_err() {
+            (self.data, self.by_normalised) = before;
+        }
+        result
     }
 
     fn persist(&self) -> Result<(), StoreError> {
@@ -261,14 +276,18 @@ impl Store {
 
     /// Sets the global level.
     pub fn set_global_level(&mut self, level: Level) -> Result<(), StoreError> {
-        self.data.global_level = Some(level);
-        self.persist()
+        self.change(|s| {
+            s.data.global_level = Some(level);
+            Ok(())
+        })
     }
 
     /// Sets a subject's level.
     pub fn set_subject_level(&mut self, subject: &str, level: Level) -> Result<(), StoreError> {
-        self.data.subject_levels.insert(subject.to_owned(), level);
-        self.persist()
+        self.change(|s| {
+            s.data.subject_levels.insert(subject.to_owned(), level);
+            Ok(())
+        })
     }
 
     /// Finds `schema_text` among the live versions of `subject`.
@@ -344,6 +363,17 @@ impl Store {
         }
         let live_refs: Vec<&VersionEntry> = live.iter().collect();
         self.check_against(subject, self.effective_level(subject), &new, &live_refs)?;
+        self.change(|s| s.add_version(subject, schema_text, key, existing_id))
+    }
+
+    /// Adds a checked schema as the next version of `subject` (a new id unless `existing_id`).
+    fn add_version(
+        &mut self,
+        subject: &str,
+        schema_text: &str,
+        key: String,
+        existing_id: Option<u32>,
+    ) -> Result<u32, StoreError> {
         let id = match existing_id {
             Some(id) => id,
             None => {
@@ -365,7 +395,6 @@ impl Store {
             id,
             deleted: false,
         });
-        self.persist()?;
         Ok(id)
     }
 
@@ -395,26 +424,28 @@ impl Store {
     /// Soft-deletes every version of `subject`; returns the deleted version numbers.
     pub fn delete_subject(&mut self, subject: &str) -> Result<Vec<u32>, StoreError> {
         let deleted = self.versions(subject)?;
-        if let Some(vs) = self.data.subjects.get_mut(subject) {
-            vs.iter_mut().for_each(|v| v.deleted = true);
-        }
-        self.persist()?;
-        Ok(deleted)
+        self.change(|s| {
+            if let Some(vs) = s.data.subjects.get_mut(subject) {
+                vs.iter_mut().for_each(|v| v.deleted = true);
+            }
+            Ok(deleted)
+        })
     }
 
     /// Soft-deletes one version; returns its number.
     pub fn delete_version(&mut self, subject: &str, version: &str) -> Result<u32, StoreError> {
         let n = self.find_version(subject, version)?.version;
-        if let Some(v) = self
-            .data
-            .subjects
-            .get_mut(subject)
-            .and_then(|vs| vs.iter_mut().find(|v| v.version == n))
-        {
-            v.deleted = true;
-        }
-        self.persist()?;
-        Ok(n)
+        self.change(|s| {
+            if let Some(v) = s
+                .data
+                .subjects
+                .get_mut(subject)
+                .and_then(|vs| vs.iter_mut().find(|v| v.version == n))
+            {
+                v.deleted = true;
+            }
+            Ok(n)
+        })
     }
 }
 
@@ -563,5 +594,31 @@ mod tests {
             Store::open(dir.path()),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    /// A save that fails (disk full, permissions) leaves memory as it was: the id the failed
+    /// registration would have taken is given to the next schema, in memory and on disk alike.
+    #[test]
+    fn a_failed_save_changes_nothing_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Store::open(dir.path()).expect("open");
+        assert_eq!(s.register("a", V1, None).expect("v1"), 1);
+        // The temporary file cannot be created: a directory is in its place.
+        let blocker = dir.path().join("registry.json.tmp");
+        std::fs::create_dir(&blocker).expect("blocker");
+        assert!(s.register("b", V2, None).is_err(), "the save failed");
+        assert_eq!(s.schema_by_id(2), None, "no id 2 in memory");
+        assert!(s.versions("b").is_err(), "no subject b in memory");
+        assert!(s.set_subject_level("a", Level::Full).is_err());
+        assert_eq!(s.subject_level("a"), None);
+        assert!(s.delete_subject("a").is_err());
+        assert_eq!(s.versions("a").expect("a still live"), vec![1]);
+        std::fs::remove_dir(&blocker).expect("unblock");
+        // Another schema now takes id 2; after a restart id 2 is still that schema.
+        assert_eq!(s.register("c", V2, None).expect("c"), 2);
+        drop(s);
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.id_versions(2), vec![("c".to_owned(), 1)]);
+        assert!(s.versions("b").is_err());
     }
 }

@@ -1,0 +1,74 @@
+//! A hostile world, against the local stack: inputs and states of the broker that the happy
+//! path never produces.
+#![cfg(feature = "stack")]
+
+use std::time::Duration;
+
+use fleet_e2e::testkit;
+use fleet_e2e::{Proc, fast_rejoin, wait_ready};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+
+/// A profiles topic whose records were all removed (retention, `kafka-delete-records`): its
+/// high watermark is above 0 but no record can be read. Loading the table must finish at the
+/// partition's end instead of waiting for offset `high - 1` until the 120 s start-up limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profiles_topic_emptied_by_retention_does_not_block_start_up() {
+    let profiles = testkit::random_name("e2e.hostile.profiles");
+    testkit::create_topic(&profiles, 1).await;
+    let junk: Vec<(Vec<u8>, Vec<u8>)> = (0..3)
+        .map(|i| (format!("VEH-{i}").into_bytes(), b"gone".to_vec()))
+        .collect();
+    testkit::populate_topic(&profiles, &junk).await;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", testkit::brokers())
+        .create()
+        .expect("admin");
+    let mut upto = rdkafka::TopicPartitionList::new();
+    upto.add_partition_offset(&profiles, 0, rdkafka::Offset::Offset(3))
+        .expect("offset");
+    admin
+        .delete_records(&upto, &AdminOptions::new())
+        .await
+        .expect("delete records");
+    let view = testkit::group_lag("nobody", &profiles);
+    assert_eq!(view[0].high, 3, "high watermark stays");
+
+    let input = testkit::random_name("e2e.hostile.emergencies");
+    let out = testkit::random_name("e2e.hostile.out");
+    let dlq = testkit::random_name("e2e.hostile.dlq");
+    for t in [&input, &out, &dlq] {
+        testkit::create_topic(t, 1).await;
+    }
+    let dir = std::env::temp_dir().join(testkit::random_name("fleet-e2e-hostile"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut env = vec![
+        ("FLEET_KAFKA_BROKERS", testkit::brokers()),
+        ("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url()),
+        (
+            "FLEET_STATE_URL",
+            format!("sqlite://{}/state.db", dir.display()),
+        ),
+        ("FLEET__APP__INPUT_TOPIC", input),
+        ("FLEET__APP__NOTIFICATIONS_TOPIC", out.clone()),
+        ("FLEET__APP__COMMANDS_TOPIC", out),
+        ("FLEET__APP__PROFILES_TOPIC", profiles),
+        ("FLEET__RUNNER__DLQ_TOPIC", dlq),
+        (
+            "FLEET__KAFKA__GROUP_ID",
+            testkit::random_name("e2e.hostile"),
+        ),
+        ("FLEET__KAFKA__CREATE_TOPICS", "false".into()),
+    ];
+    env.extend(fast_rejoin());
+    let p = Proc::start("emergency-processor", &env);
+    assert!(
+        wait_ready(&p).await,
+        "emergency-processor ready although its profiles partition is empty"
+    );
+    assert!(
+        p.terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+}
