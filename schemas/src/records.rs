@@ -523,6 +523,53 @@ pub struct DeadLetter {
     pub event_time: i64,
     /// Dead-letter time.
     pub ingest_time: i64,
+    /// Size of the whole original payload, bytes.
+    #[serde(default)]
+    pub original_size: Option<i64>,
+    /// SHA-256 of the whole original payload, lowercase hex.
+    #[serde(default)]
+    pub original_sha256: Option<String>,
+}
+
+impl DeadLetter {
+    /// The most of the original payload a dead letter carries: with key and detail bounded
+    /// too, a dead letter always fits Kafka's default 1 MB record limit, so rejecting an input
+    /// can never fail for its size (a dead letter that cannot be written would stop its
+    /// partition).
+    pub const MAX_ORIGINAL_BYTES: usize = 256 * 1024;
+    /// The most of the source key a dead letter carries.
+    pub const MAX_KEY_BYTES: usize = 16 * 1024;
+    /// The most of the detail text a dead letter carries.
+    pub const MAX_DETAIL_BYTES: usize = 8 * 1024;
+
+    /// Sets `original` (the first [`Self::MAX_ORIGINAL_BYTES`] of `payload`), its whole size
+    /// and digest, and bounds the key and the detail. Every dead letter passes here.
+    #[must_use]
+    pub fn with_original(mut self, payload: Option<&[u8]>) -> Self {
+        use sha2::Digest as _;
+        self.original_size = payload.map(|p| p.len() as i64);
+        self.original_sha256 = payload.map(|p| {
+            let digest = sha2::Sha256::digest(p);
+            let mut hex = String::with_capacity(64);
+            for b in digest {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            hex
+        });
+        self.original = payload.map(|p| p[..p.len().min(Self::MAX_ORIGINAL_BYTES)].to_vec());
+        if let Some(k) = &mut self.source_key {
+            k.truncate(Self::MAX_KEY_BYTES);
+        }
+        if self.detail.len() > Self::MAX_DETAIL_BYTES {
+            let mut cut = Self::MAX_DETAIL_BYTES;
+            while !self.detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.detail.truncate(cut);
+            self.detail.push_str(" ...(truncated)");
+        }
+        self
+    }
 }
 
 /// A point of a planned route.

@@ -188,10 +188,46 @@ fn dead_letter() -> DeadLetter {
         source_partition: Some(3),
         source_offset: Some(1_234_567),
         source_key: Some(b"VEH-7".to_vec()),
-        original: Some(vec![0x7b, 0x00, 0xff, 0xfe]),
+        original: None,
         event_time: 5,
         ingest_time: 6,
+        original_size: None,
+        original_sha256: None,
     }
+    .with_original(Some(&[0x7b, 0x00, 0xff, 0xfe]))
+}
+
+#[test]
+fn a_dead_letter_carries_at_most_256_kib_of_the_original_and_its_digest() {
+    let big = vec![0xabu8; 1_000_000];
+    let dl = DeadLetter {
+        source_key: Some(vec![b'k'; 100_000]),
+        detail: "é".repeat(10_000),
+        ..dead_letter()
+    }
+    .with_original(Some(&big));
+    assert_eq!(dl.original.as_ref().map(Vec::len), Some(256 * 1024));
+    assert_eq!(dl.original_size, Some(1_000_000));
+    let sha = dl.original_sha256.clone().expect("digest");
+    assert_eq!(sha.len(), 64);
+    assert_eq!(dl.source_key.as_ref().map(Vec::len), Some(16 * 1024));
+    assert!(dl.detail.len() <= 8 * 1024 + 20 && dl.detail.ends_with("(truncated)"));
+    let bytes = Encoder::<DeadLetter>::with_schema_id(1)
+        .encode(&dl)
+        .expect("encode");
+    assert!(
+        bytes.len() < 400 * 1024,
+        "fits a Kafka record: {}",
+        bytes.len()
+    );
+    // SHA-256 test vector (FIPS 180-2): "abc".
+    let abc = dead_letter().with_original(Some(b"abc"));
+    assert_eq!(
+        abc.original_sha256.as_deref(),
+        Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
+    assert_eq!(abc.original.as_deref(), Some(&b"abc"[..]));
+    assert_eq!(dead_letter().with_original(None).original_size, None);
 }
 
 async fn round_trip<T: Record + PartialEq + std::fmt::Debug>(record: T) {

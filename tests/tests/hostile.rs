@@ -72,3 +72,78 @@ async fn a_profiles_topic_emptied_by_retention_does_not_block_start_up() {
             .is_some_and(|s| s.success())
     );
 }
+
+/// An undecodable input close to Kafka's 1 MB record limit: its dead letter (which carries the
+/// original bytes) would exceed the limit, fail to be written, and stop the partition for ever.
+/// The dead letter carries the first 256 KiB, the whole size and the SHA-256, and the next
+/// input of the partition is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_input_near_the_record_limit_is_dead_lettered_and_the_partition_goes_on() {
+    use fleet_schemas::{DeadLetter, Decoder, Registry};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use sha2::Digest as _;
+
+    let input = testkit::random_name("e2e.hostile.big.in");
+    let output = testkit::random_name("e2e.hostile.big.out");
+    let dlq = testkit::random_name("e2e.hostile.big.dlq");
+    for t in [&input, &output, &dlq] {
+        testkit::create_topic(t, 1).await;
+    }
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", testkit::brokers())
+        .set("message.max.bytes", "1048576")
+        .create()
+        .expect("producer");
+    for payload in [&big[..], b"{\"not\":\"avro\"}"] {
+        producer
+            .send(
+                FutureRecord::to(&input).key("VEH-BIG").payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produced");
+    }
+    let dead = testkit::TopicTail::start(&dlq);
+    let mut env = vec![
+        ("FLEET_KAFKA_BROKERS", testkit::brokers()),
+        ("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url()),
+        ("FLEET__APP__INPUT_TOPIC", input.clone()),
+        ("FLEET__APP__OUTPUT_TOPIC", output),
+        ("FLEET__RUNNER__DLQ_TOPIC", dlq),
+        (
+            "FLEET__KAFKA__GROUP_ID",
+            testkit::random_name("e2e.hostile.big"),
+        ),
+        ("FLEET__KAFKA__CREATE_TOPICS", "false".into()),
+    ];
+    env.extend(fast_rejoin());
+    let p = Proc::start("passthrough-processor", &env);
+    assert_eq!(
+        dead.wait_for(2, Duration::from_secs(60)).await,
+        2,
+        "both inputs dead-lettered: the big one did not stop the partition"
+    );
+    let dec =
+        Decoder::<DeadLetter>::new(Registry::new(&testkit::registry_url()).expect("registry"));
+    let records = dead.snapshot();
+    let first = dec.decode(&records[0].payload).await.expect("dead letter");
+    assert_eq!(first.source_offset, Some(0));
+    assert_eq!(first.original_size, Some(1_000_000));
+    assert_eq!(
+        first.original.as_deref(),
+        Some(&big[..DeadLetter::MAX_ORIGINAL_BYTES])
+    );
+    let sha: String = sha2::Sha256::digest(&big)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(first.original_sha256.as_deref(), Some(sha.as_str()));
+    let second = dec.decode(&records[1].payload).await.expect("dead letter");
+    assert_eq!(second.source_offset, Some(1));
+    assert_eq!(second.original.as_deref(), Some(&b"{\"not\":\"avro\"}"[..]));
+    assert!(
+        p.terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+}

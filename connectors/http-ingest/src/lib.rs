@@ -456,10 +456,13 @@ impl Api {
                 source_partition: None,
                 source_offset: None,
                 source_key: Some(principal.driver_id.clone().into_bytes()),
-                original: Some(bytes.to_vec()),
+                original: None,
                 event_time: now,
                 ingest_time: now,
-            };
+                original_size: None,
+                original_sha256: None,
+            }
+            .with_original(Some(bytes));
             self.encode(&self.enc.dlq, &dl, &mut buf)?;
             let fut = kafka::send(
                 &self.producers.bulk,

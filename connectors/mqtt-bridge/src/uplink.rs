@@ -414,10 +414,13 @@ impl Uplink {
             source_partition: None,
             source_offset: None,
             source_key: vehicle.map(String::into_bytes),
-            original: Some(msg.payload().to_vec()),
+            original: None,
             event_time: now,
             ingest_time: now,
+            original_size: None,
+            original_sha256: None,
         }
+        .with_original(Some(msg.payload()))
     }
 }
 

@@ -561,10 +561,13 @@ pub fn kafka_dead_letter(
         source_partition: Some(src.partition),
         source_offset: Some(src.offset),
         source_key: src.key.map(<[u8]>::to_vec),
-        original: src.payload.map(<[u8]>::to_vec),
+        original: None,
         event_time: src.timestamp_ms.unwrap_or(now),
         ingest_time: now,
+        original_size: None,
+        original_sha256: None,
     }
+    .with_original(src.payload)
 }
 
 /// Dead letters logged individually per timer period.
@@ -973,7 +976,7 @@ impl<P: Processor> Loop<'_, P> {
             self.dlq_log_suppressed += 1;
         }
         self.out.clear();
-        let key = msg.key().unwrap_or(&[]);
+        let key = dl.source_key.as_deref().unwrap_or(&[]);
         self.out
             .push_keyed(&self.rt.dlq_topic, key, &self.rt.dlq, &dl)
             .map_err(|e| Error::Fatal(e.to_string()))
