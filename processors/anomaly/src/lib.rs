@@ -83,6 +83,10 @@ fleet_runtime::config_section! {
         /// After this long without input a partition's watermark follows processing time.
         #[serde(with = "humantime_serde")]
         pub idle_timeout: Duration = Duration::from_secs(60),
+        /// How far ahead of its receive time (`ingest_time`) a reading's event time may move
+        /// the partition's watermark (a fast device clock must not raise `offline` for others).
+        #[serde(with = "humantime_serde")]
+        pub max_clock_skew: Duration = Duration::from_secs(10),
         /// Default speed limit (km/h) for vehicles without a profile value.
         pub speed_limit_kmh: f64 = 90.0,
         /// Default lowest cargo temperature (°C) for vehicles without a profile value.
@@ -448,9 +452,10 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
                 format!("lat {} lon {} out of range", r.position.lat, r.position.lon),
             ));
         }
-        let (lateness, idle) = (
+        let (lateness, idle, skew) = (
             self.cfg.allowed_lateness.as_millis() as i64,
             self.cfg.idle_timeout.as_millis() as i64,
+            self.cfg.max_clock_skew.as_millis() as i64,
         );
         let entry = self.profile(&r.vehicle_id);
         let mut alerts = std::mem::take(&mut self.alerts);
@@ -466,7 +471,10 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
         part.state
             .watermark
             .get_or_insert_with(|| Watermark::new(lateness, idle))
-            .observe(r.event_time, now_ms());
+            .observe(
+                fleet_domain::trusted_event_time(r.event_time, r.ingest_time, skew),
+                now_ms(),
+            );
         let obs = Observation {
             event_time: r.event_time,
             lat: r.position.lat,

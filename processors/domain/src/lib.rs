@@ -39,7 +39,7 @@ mod window;
 
 pub use aggregate::{Added, Sample, Summary, WindowAggregate};
 pub use keyed::{Closed, KeyedWindows, Outcome};
-pub use watermark::Watermark;
+pub use watermark::{Watermark, trusted_event_time};
 pub use window::{WindowBounds, Windows};
 
 /// Errors of the domain crate.

@@ -63,9 +63,43 @@ impl Watermark {
     }
 }
 
+/// The event time a watermark may trust: the device's own time, but never more than
+/// `max_skew_ms` after the moment the pipeline received the reading (`ingest_time`). A device
+/// whose clock runs minutes fast would otherwise drag its whole partition's watermark into
+/// the future, making every other vehicle's readings late and their silence look like
+/// `offline`. The reading itself keeps its event time (it lands in its own, future, windows);
+/// only the partition's notion of "how far event time has got" is protected.
+///
+/// ```
+/// use fleet_domain::trusted_event_time;
+/// assert_eq!(trusted_event_time(1_000, 1_050, 10_000), 1_000, "honest: unchanged");
+/// assert_eq!(trusted_event_time(241_000, 1_050, 10_000), 11_050, "4 min fast: clamped");
+/// ```
+pub fn trusted_event_time(event_time: i64, ingest_time: i64, max_skew_ms: i64) -> i64 {
+    event_time.min(ingest_time.saturating_add(max_skew_ms.max(0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_fast_clock_cannot_drag_the_watermark_into_the_future() {
+        let (skew, lateness) = (10_000, 30_000);
+        let mut wm = Watermark::new(lateness, 3_600_000);
+        // Honest readings arrive ~50 ms after they were taken; one device is 240 s fast.
+        for t in (0..120_000).step_by(1_000) {
+            wm.observe(trusted_event_time(t, t + 50, skew), t + 50);
+            wm.observe(trusted_event_time(t + 240_000, t + 60, skew), t + 60);
+        }
+        let now = 119_060;
+        let w = wm.current(now).expect("watermark");
+        assert!(
+            w <= 119_060 + skew - lateness,
+            "the watermark stays within the skew of the receive times: {w}"
+        );
+        assert!(!wm.is_late(119_000 + lateness - skew + 60_000, now));
+    }
 
     #[test]
     fn out_of_order_input_does_not_move_it_back() {

@@ -32,7 +32,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_domain::{Closed, KeyedWindows, Outcome, Sample, Watermark, Windows};
+use fleet_domain::{Closed, KeyedWindows, Outcome, Sample, Watermark, Windows, trusted_event_time};
 use fleet_runtime::metrics::now_ms;
 use fleet_runtime::{Input, Outputs, ProcessError, Processor};
 use fleet_schemas::{Encoder, Position, TelemetryReading, WindowAggregate, ids};
@@ -59,6 +59,11 @@ fleet_runtime::config_section! {
         /// After this long without input a partition's watermark follows processing time.
         #[serde(with = "humantime_serde")]
         pub idle_timeout: Duration = Duration::from_secs(60),
+        /// How far ahead of its receive time (`ingest_time`) a reading's event time may move
+        /// the partition's watermark: a device with a fast clock cannot make other vehicles'
+        /// readings late (see `fleet_domain::trusted_event_time`).
+        #[serde(with = "humantime_serde")]
+        pub max_clock_skew: Duration = Duration::from_secs(10),
         /// Speed (km/h) from which a vehicle counts as moving.
         pub moving_threshold_kmh: f64 = 3.0,
         /// Buffered vehicle states that force a write before the next tick.
@@ -109,6 +114,7 @@ pub struct Telemetry<S> {
     windows: Windows,
     lateness_ms: i64,
     idle_ms: i64,
+    max_skew_ms: i64,
     moving_threshold_kmh: f64,
     max_buffered: usize,
     parts: HashMap<i32, Part>,
@@ -142,6 +148,7 @@ impl<S: StateStore> Telemetry<S> {
             windows,
             lateness_ms: ms(config.allowed_lateness),
             idle_ms: ms(config.idle_timeout),
+            max_skew_ms: ms(config.max_clock_skew),
             moving_threshold_kmh: config.moving_threshold_kmh,
             max_buffered: config.max_buffered_states.max(1),
             parts: HashMap::new(),
@@ -323,6 +330,7 @@ impl<S: StateStore> Processor for Telemetry<S> {
         let now = now_ms();
         let windows = self.windows;
         let offset = input.offset;
+        let trusted = trusted_event_time(r.event_time, r.ingest_time, self.max_skew_ms);
         let part = self.part(input.partition).await?;
         part.last_offset = offset;
         // A re-read record whose windows were all emitted before a restart: skip it.
@@ -333,7 +341,7 @@ impl<S: StateStore> Processor for Telemetry<S> {
             self.skipped_replays += 1;
             return Ok(());
         }
-        part.watermark.observe(r.event_time, now);
+        part.watermark.observe(trusted, now);
         let wm = part.watermark.current(now);
         let sample = Sample {
             t: r.event_time,
@@ -710,6 +718,64 @@ mod tests {
             .expect("skipped");
         assert_eq!(restarted.skipped_replays, 2);
         assert!(out.is_empty(), "no partial copy of the emitted window");
+    }
+
+    /// One truck whose clock is 4 minutes fast among honest ones: the honest vehicles' windows
+    /// are exactly those of a run without it, and none of their readings is late.
+    #[tokio::test]
+    async fn a_fast_device_clock_leaves_the_other_vehicles_windows_unchanged() {
+        async fn run(with_fast: bool) -> Vec<WindowAggregate> {
+            let dir = tempfile::tempdir().expect("tmp");
+            let url = format!("sqlite://{}/s.db", dir.path().display());
+            let store = Flaky {
+                inner: Store::open(&url, StoreOptions::default())
+                    .await
+                    .expect("store"),
+                failures_left: Arc::new(AtomicUsize::new(0)),
+            };
+            let config = TelemetryConfig {
+                input_topic: "in".into(),
+                windows_topic: "windows".into(),
+                idle_timeout: Duration::from_secs(3600),
+                ..Default::default()
+            };
+            let mut p =
+                Telemetry::new(&config, "g", Encoder::with_schema_id(7), store).expect("processor");
+            let mut out = Outputs::new();
+            let mut offset = 0;
+            for t in (0..300_000i64).step_by(1_000) {
+                for v in ["A", "B", "C"] {
+                    let mut r = reading(v, t);
+                    r.ingest_time = t + 50;
+                    feed(&mut p, offset, r, &mut out)
+                        .await
+                        .unwrap_or_else(|e| panic!("{v} at {t}: {e:?}"));
+                    offset += 1;
+                }
+                if with_fast {
+                    let mut r = reading("FAST", t + 240_000);
+                    r.ingest_time = t + 60;
+                    feed(&mut p, offset, r, &mut out).await.expect("fast");
+                    offset += 1;
+                }
+            }
+            let dec = Decoder::<WindowAggregate>::offline(&[7]);
+            let mut windows = Vec::new();
+            for (_, _, payload) in out.iter() {
+                let mut w = dec.decode(payload).await.expect("window");
+                if w.vehicle_id != "FAST" {
+                    w.ingest_time = 0;
+                    windows.push(w);
+                }
+            }
+            windows.sort_by(|a, b| {
+                (&a.vehicle_id, a.window_start).cmp(&(&b.vehicle_id, b.window_start))
+            });
+            windows
+        }
+        let honest = run(false).await;
+        assert!(honest.len() >= 9, "windows closed: {}", honest.len());
+        assert_eq!(run(true).await, honest);
     }
 
     #[tokio::test]
