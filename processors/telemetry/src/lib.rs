@@ -597,6 +597,17 @@ mod tests {
         }
     }
 
+    /// The real SQLite store in `dir`, failing `put_windows` `failures` times.
+    async fn flaky(dir: &tempfile::TempDir, failures: usize) -> Flaky {
+        let url = format!("sqlite://{}/s.db", dir.path().display());
+        Flaky {
+            inner: Store::open(&url, StoreOptions::default())
+                .await
+                .expect("store"),
+            failures_left: Arc::new(AtomicUsize::new(failures)),
+        }
+    }
+
     fn reading(vehicle: &str, t: i64) -> TelemetryReading {
         TelemetryReading {
             event_id: ids::derived_id(&[vehicle, &t.to_string()]),
@@ -726,13 +737,7 @@ mod tests {
     async fn a_fast_device_clock_leaves_the_other_vehicles_windows_unchanged() {
         async fn run(with_fast: bool) -> Vec<WindowAggregate> {
             let dir = tempfile::tempdir().expect("tmp");
-            let url = format!("sqlite://{}/s.db", dir.path().display());
-            let store = Flaky {
-                inner: Store::open(&url, StoreOptions::default())
-                    .await
-                    .expect("store"),
-                failures_left: Arc::new(AtomicUsize::new(0)),
-            };
+            let store = flaky(&dir, 0).await;
             let config = TelemetryConfig {
                 input_topic: "in".into(),
                 windows_topic: "windows".into(),
@@ -781,13 +786,7 @@ mod tests {
     #[tokio::test]
     async fn late_and_invalid_readings_are_poison() {
         let dir = tempfile::tempdir().expect("tmp");
-        let url = format!("sqlite://{}/s.db", dir.path().display());
-        let store = Flaky {
-            inner: Store::open(&url, StoreOptions::default())
-                .await
-                .expect("store"),
-            failures_left: Arc::new(AtomicUsize::new(0)),
-        };
+        let store = flaky(&dir, 0).await;
         let config = TelemetryConfig {
             input_topic: "in".into(),
             allowed_lateness: Duration::from_secs(5),
