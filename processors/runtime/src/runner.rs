@@ -672,10 +672,16 @@ impl<P: Processor> Loop<'_, P> {
                 .unwrap_or((-1, String::new()));
             let processed = parse_next(&meta).map_or(offset, |n| n.max(offset));
             let topic = self.topic_arc(topic);
+            // An input of the partition may have finished before this event was handled (the
+            // poll that ran the rebalance callback can also return its first record): keep it.
+            let next = self
+                .positions
+                .get(&(topic.clone(), *partition))
+                .and_then(|p| p.next);
             self.positions.insert(
                 (topic.clone(), *partition),
                 Position {
-                    next: None,
+                    next,
                     stored: (offset, processed),
                     processed_before: processed,
                     reprocessed: self.rt.metrics.reprocessed(&topic),
