@@ -147,3 +147,78 @@ async fn a_poison_input_near_the_record_limit_is_dead_lettered_and_the_partition
             .is_some_and(|s| s.success())
     );
 }
+
+/// A deployment that renames its topics (a prefix per environment): start-up creates them under
+/// the configured names, with the partitions of the default topic they stand for
+/// (`<prefix>.fleet.telemetry` gets at least 12), and never the default names. With
+/// `kafka.create_topics` off, a missing topic stops start-up with its name and config key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_topics_are_provisioned_under_their_configured_names() {
+    let prefix = testkit::random_name("e2e.renamed");
+    let input = format!("{prefix}.fleet.telemetry");
+    let windows = format!("{prefix}.fleet.telemetry-windows");
+    let dlq = format!("{prefix}.fleet.dlq");
+    let dir = std::env::temp_dir().join(testkit::random_name("fleet-e2e-renamed"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let base = vec![
+        ("FLEET_KAFKA_BROKERS", testkit::brokers()),
+        ("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url()),
+        (
+            "FLEET_STATE_URL",
+            format!("sqlite://{}/state.db", dir.display()),
+        ),
+        ("FLEET__APP__INPUT_TOPIC", input.clone()),
+        ("FLEET__APP__WINDOWS_TOPIC", windows.clone()),
+        ("FLEET__RUNNER__DLQ_TOPIC", dlq.clone()),
+        (
+            "FLEET__KAFKA__GROUP_ID",
+            testkit::random_name("e2e.renamed"),
+        ),
+        ("FLEET__KAFKA__DEFAULT_PARTITIONS", "3".into()),
+    ];
+    let p = Proc::start("telemetry-processor", &base);
+    assert!(wait_ready(&p).await, "telemetry-processor ready");
+    assert_eq!(testkit::group_lag("nobody", &input).len(), 12, "input");
+    assert_eq!(testkit::group_lag("nobody", &windows).len(), 3, "windows");
+    assert_eq!(testkit::group_lag("nobody", &dlq).len(), 3, "dead letters");
+    assert!(
+        p.terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+
+    // The same binary, told not to create topics, with one output missing.
+    let missing = format!("{prefix}.missing-windows");
+    let mut env = base.clone();
+    env.retain(|(k, _)| *k != "FLEET__APP__WINDOWS_TOPIC");
+    env.push(("FLEET__APP__WINDOWS_TOPIC", missing.clone()));
+    env.push(("FLEET__KAFKA__CREATE_TOPICS", "false".into()));
+    let mut cmd = std::process::Command::new(fleet_e2e::bin_path("telemetry-processor"));
+    cmd.env("FLEET_HTTP_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::task::spawn_blocking(move || cmd.output()),
+    )
+    .await
+    .expect("exits at start-up")
+    .expect("join")
+    .expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "start-up must fail: {text}");
+    assert!(
+        text.contains(&missing) && text.contains("app.windows_topic"),
+        "the error names the topic and its key: {text}"
+    );
+    assert!(
+        testkit::group_lag("nobody", &missing).is_empty(),
+        "nothing created"
+    );
+}

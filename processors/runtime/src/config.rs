@@ -151,7 +151,9 @@ config_section! {
         pub brokers: String = "127.0.0.1:9092".to_owned(), env = "FLEET_KAFKA_BROKERS",
         /// Consumer group id; empty means the binary's default (its own name).
         pub group_id: String = String::new(),
-        /// Create missing fleet.* topics at start (partition counts and configs of `kafka::fleet_topics`).
+        /// Create the topics this binary is configured to use when they are missing (partition
+        /// counts and configs of the matching `kafka::fleet_topics` entry). When off, start-up
+        /// fails naming any missing topic and the key that names it.
         pub create_topics: bool = true,
         /// Partitions for topics created at start (fleet.telemetry always gets at least 12).
         pub default_partitions: i32 = 6,
@@ -284,7 +286,62 @@ pub struct Config<A> {
     pub app: A,
 }
 
+/// A topic named by a binary's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfiguredTopic {
+    /// The dotted key that names it (`app.windows_topic`, `app.topics[2]`).
+    pub key: String,
+    /// The configured name.
+    pub name: String,
+    /// The key's default name, for a single-topic key (`fleet.telemetry-windows`).
+    pub default: Option<String>,
+}
+
 impl<A: Section> Config<A> {
+    /// Every topic this binary is configured to use: each string of the `app` section whose
+    /// key ends in `_topic`, each string of a list whose key ends in `topics`, and
+    /// `runner.dlq_topic`. Empty names (a feature switched off) are left out. This is what
+    /// start-up provisions, so a renamed topic (a prefix per environment) is created under
+    /// the configured name, never the default one.
+    pub fn topics(&self) -> Vec<ConfiguredTopic> {
+        let mut out = Vec::new();
+        let app = serde_json::to_value(&self.app).unwrap_or_default();
+        let defaults = serde_json::to_value(A::default()).unwrap_or_default();
+        if let serde_json::Value::Object(map) = app {
+            for (k, v) in map {
+                match v {
+                    serde_json::Value::String(name) if k.ends_with("_topic") => {
+                        let default = defaults.get(&k).and_then(|d| d.as_str()).map(str::to_owned);
+                        out.push(ConfiguredTopic {
+                            key: format!("app.{k}"),
+                            name,
+                            default,
+                        });
+                    }
+                    serde_json::Value::Array(list) if k.ends_with("topics") => {
+                        for (i, item) in list.into_iter().enumerate() {
+                            if let serde_json::Value::String(name) = item {
+                                out.push(ConfiguredTopic {
+                                    key: format!("app.{k}[{i}]"),
+                                    name,
+                                    default: None,
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.push(ConfiguredTopic {
+            key: "runner.dlq_topic".into(),
+            name: self.runner.dlq_topic.clone(),
+            default: Some(RunnerConfig::default().dlq_topic),
+        });
+        out.retain(|t| !t.name.trim().is_empty());
+        out
+    }
+
     /// Every key of every section.
     pub fn docs() -> Vec<FieldDoc> {
         let mut all = KafkaConfig::docs("kafka");
@@ -455,6 +512,75 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    config_section! {
+        /// A section naming topics.
+        pub struct TopicsSection {
+            /// Profiles.
+            pub profiles_topic: String = "fleet.vehicle-profiles".to_owned(),
+            /// Output.
+            pub windows_topic: String = "fleet.telemetry-windows".to_owned(),
+            /// Switched off.
+            pub extra_topic: String = String::new(),
+            /// Several.
+            pub topics: Vec<String> = vec!["a".into(), "b".into()],
+            /// Not a Kafka topic.
+            pub topic_prefix: String = "vehicle".to_owned(),
+        }
+    }
+
+    #[test]
+    fn topics_are_the_configured_names_with_their_keys() {
+        let mut c = Config::<TopicsSection>::default();
+        c.app.profiles_topic = "prod.profiles".into();
+        c.app.topics = vec!["prod.fleet.telemetry".into()];
+        c.runner.dlq_topic = "prod.fleet.dlq".into();
+        let mut got: Vec<(String, String, Option<String>)> = c
+            .topics()
+            .into_iter()
+            .map(|t| (t.key, t.name, t.default))
+            .collect();
+        got.sort();
+        let s = |x: &str| x.to_owned();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    s("app.profiles_topic"),
+                    s("prod.profiles"),
+                    Some(s("fleet.vehicle-profiles"))
+                ),
+                (s("app.topics[0]"), s("prod.fleet.telemetry"), None),
+                (
+                    s("app.windows_topic"),
+                    s("fleet.telemetry-windows"),
+                    Some(s("fleet.telemetry-windows"))
+                ),
+                (
+                    s("runner.dlq_topic"),
+                    s("prod.fleet.dlq"),
+                    Some(s("fleet.dlq"))
+                ),
+            ]
+        );
+        let spec = |key: &str| {
+            let t = c.topics().into_iter().find(|t| t.key == key).expect("key");
+            crate::kafka::spec_for(&t, 3)
+        };
+        // A renamed profiles topic stays a compacted table; a prefixed telemetry topic keeps
+        // its 12 partitions.
+        let profiles = spec("app.profiles_topic");
+        assert!(
+            profiles
+                .configs
+                .iter()
+                .any(|(k, v)| *k == "cleanup.policy" && v == "compact")
+        );
+        assert_eq!(profiles.name, "prod.profiles");
+        assert_eq!(spec("app.topics[0]").partitions, 12);
+        assert_eq!(spec("app.windows_topic").partitions, 3);
+        assert_eq!(spec("runner.dlq_topic").name, "prod.fleet.dlq");
     }
 
     #[test]

@@ -324,6 +324,51 @@ pub fn fleet_topics(default_partitions: i32) -> Vec<TopicSpec> {
     ]
 }
 
+/// How to create a configured topic: the [`fleet_topics`] entry for its key's default name
+/// (a renamed `profiles_topic` stays a compacted table), else the entry whose name it is or
+/// ends with (`prod.fleet.telemetry` gets `fleet.telemetry`'s 12 partitions), else a plain
+/// delete-policy topic with `default_partitions`.
+pub fn spec_for(topic: &crate::config::ConfiguredTopic, default_partitions: i32) -> TopicSpec {
+    let all = fleet_topics(default_partitions);
+    let by_default = topic
+        .default
+        .as_deref()
+        .and_then(|d| all.iter().find(|s| s.name == d));
+    let by_name = || {
+        all.iter()
+            .filter(|s| topic.name.ends_with(s.name.as_str()))
+            .max_by_key(|s| s.name.len())
+    };
+    match by_default.or_else(by_name) {
+        Some(spec) => TopicSpec {
+            name: topic.name.clone(),
+            ..spec.clone()
+        },
+        None => TopicSpec::new(topic.name.clone(), default_partitions),
+    }
+}
+
+/// The names among `topics` that the cluster does not have (a metadata request, bounded).
+pub async fn missing_topics(cfg: &KafkaConfig, topics: &[String]) -> Result<Vec<String>> {
+    let mut c = base(cfg);
+    c.set("statistics.interval.ms", "0");
+    apply_options(&mut c, cfg);
+    let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let md = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(30))?;
+        let have: std::collections::HashSet<&str> = md.topics().iter().map(|t| t.name()).collect();
+        Ok(topics
+            .into_iter()
+            .filter(|t| !have.contains(t.as_str()))
+            .collect())
+    })
+    .await
+    .map_err(|e| Error::Fatal(format!("metadata task: {e}")))?
+}
+
 /// Creates the topics that do not exist yet; existing topics are left as they are.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
     if topics.is_empty() {

@@ -190,6 +190,47 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// Creates the topics the binary is configured to use (`kafka.create_topics`), or checks they
+/// exist and fails naming each missing one with its key. Table topics are left to
+/// [`crate::table`], which creates its topic in either mode.
+async fn provision_topics<A: Section>(config: &Config<A>) -> Result<()> {
+    let topics = config.topics();
+    let p = config.kafka.default_partitions;
+    if config.kafka.create_topics {
+        let mut specs: Vec<kafka::TopicSpec> = Vec::new();
+        for t in &topics {
+            if !specs.iter().any(|s| s.name == t.name) {
+                specs.push(kafka::spec_for(t, p));
+            }
+        }
+        return kafka::ensure_topics(&config.kafka, &specs).await;
+    }
+    let streams: Vec<&crate::config::ConfiguredTopic> = topics
+        .iter()
+        .filter(|t| {
+            !kafka::spec_for(t, p)
+                .configs
+                .iter()
+                .any(|(k, v)| *k == "cleanup.policy" && v == "compact")
+        })
+        .collect();
+    let names: Vec<String> = streams.iter().map(|t| t.name.clone()).collect();
+    let missing = kafka::missing_topics(&config.kafka, &names).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = streams
+        .iter()
+        .filter(|t| missing.contains(&t.name))
+        .map(|t| format!("{} ({})", t.name, t.key))
+        .collect();
+    Err(Error::Config(format!(
+        "missing topics and kafka.create_topics is off: {}; create them or turn \
+         kafka.create_topics on",
+        named.join(", ")
+    )))
+}
+
 impl Runtime {
     /// Sets up the IO edge: creates missing topics (when `kafka.create_topics`), registers the
     /// dead-letter schema, creates the producer and starts the metrics/health server.
@@ -210,16 +251,7 @@ impl Runtime {
         if let Some(addr) = http_addr {
             tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
         }
-        if config.kafka.create_topics {
-            let mut specs = kafka::fleet_topics(config.kafka.default_partitions);
-            if !specs.iter().any(|s| s.name == config.runner.dlq_topic) {
-                specs.push(kafka::TopicSpec::new(
-                    config.runner.dlq_topic.clone(),
-                    config.kafka.default_partitions,
-                ));
-            }
-            kafka::ensure_topics(&config.kafka, &specs).await?;
-        }
+        provision_topics(config).await?;
         let registry = Registry::new(&config.registry.url)?;
         let dlq = retry_transient("registering the DeadLetter schema", &config.runner, || {
             Encoder::<DeadLetter>::register(&registry, &config.runner.dlq_topic)
