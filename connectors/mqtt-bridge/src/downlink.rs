@@ -1,13 +1,16 @@
 //! Kafka -> devices: `fleet.commands` to `{prefix}/{vehicle_id}/commands`, QoS 1.
 //!
-//! One command is in flight at a time on a dedicated MQTT connection, so the next PUBACK is
-//! this command's; the run loop stores the command's offset only after `process` returned,
-//! that is after the PUBACK (at least once; devices de-duplicate by `commandId`).
+//! One command is in flight at a time on a dedicated MQTT connection; the run loop stores the
+//! command's offset only after `process` returned, that is after the broker's PUBACK **for
+//! this command's packet id** (at least once; devices de-duplicate by `commandId`). A command
+//! whose PUBACK did not come in time is re-sent (a new publish); the abandoned publish stays
+//! pending in the client, which resends it after a reconnect under its old packet id, and
+//! its late PUBACK must not confirm a later command: [`AckTracker`] matches packet ids.
 //!
 //! The JSON a device receives:
 //! `{"commandId":"…","vehicleId":"VEH-1","command":"start_camera","params":{},"reason":"…","issuedAt":1698765432000,"expiresAt":null}`
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +63,67 @@ impl<'a> CommandPayload<'a> {
     }
 }
 
+/// Which PUBACK confirms which command: pure bookkeeping fed with the connection's events.
+///
+/// The client reports the packet id of each publish it sends (`Published`); the first packet
+/// id not belonging to an earlier, unconfirmed publish after [`AckTracker::publishing`] is
+/// the current command's. A PUBACK confirms the current command when it carries that id, or
+/// the id of an earlier publish of the same command (the first send arrived after all).
+#[derive(Debug, Default)]
+pub struct AckTracker {
+    current: Option<(String, Option<u16>)>,
+    unacked: HashMap<u16, String>,
+}
+
+impl AckTracker {
+    /// A publish of `command_id` is about to be handed to the client. A previous command
+    /// still unconfirmed becomes an abandoned publish.
+    pub fn publishing(&mut self, command_id: &str) {
+        self.abandon();
+        self.current = Some((command_id.to_owned(), None));
+    }
+
+    /// The current command was not confirmed in time (or is given up): its publish, if sent,
+    /// may still be acknowledged later and must then be recognised as stale.
+    pub fn abandon(&mut self) {
+        if let Some((id, Some(pkid))) = self.current.take() {
+            self.unacked.insert(pkid, id);
+        }
+    }
+
+    /// The client sent a publish with `pkid`.
+    pub fn published(&mut self, pkid: u16) {
+        if self.unacked.contains_key(&pkid) {
+            return; // a resend of an abandoned publish
+        }
+        if let Some((_, slot @ None)) = &mut self.current {
+            *slot = Some(pkid);
+        }
+    }
+
+    /// The broker acknowledged `pkid`; true when that confirms the current command.
+    pub fn acked(&mut self, pkid: u16) -> bool {
+        if let Some((id, own)) = &self.current {
+            if *own == Some(pkid) {
+                self.current = None;
+                return true;
+            }
+            if self.unacked.get(&pkid) == Some(id) {
+                self.unacked.remove(&pkid);
+                self.abandon();
+                return true;
+            }
+        }
+        self.unacked.remove(&pkid);
+        false
+    }
+
+    /// Earlier publishes still waiting for their PUBACK.
+    pub fn abandoned(&self) -> usize {
+        self.unacked.len()
+    }
+}
+
 /// The downlink processor.
 #[derive(Debug)]
 pub struct Downlink {
@@ -70,6 +134,7 @@ pub struct Downlink {
     metrics: Arc<Metrics>,
     sent: Counter,
     expired: Counter,
+    acks: AckTracker,
 }
 
 impl Downlink {
@@ -90,11 +155,16 @@ impl Downlink {
             sent: metrics.records("mqtt:commands", "ok"),
             expired: metrics.records("mqtt:commands", "expired"),
             metrics,
+            acks: AckTracker::default(),
         }
     }
 
-    fn note(&self, ev: &MqttEvent) {
+    fn note(&mut self, ev: &MqttEvent) {
         match ev {
+            MqttEvent::Published(pkid) => self.acks.published(*pkid),
+            MqttEvent::PubAck(pkid) => {
+                self.acks.acked(*pkid);
+            }
             MqttEvent::Connected { .. } => {
                 self.metrics.health.set_dependency("mqtt-downlink", true);
             }
@@ -149,6 +219,7 @@ impl Processor for Downlink {
         let payload = serde_json::to_vec(&CommandPayload::of(c))
             .map_err(|e| ProcessError::Fatal(format!("serialising a command: {e}")))?;
         let topic = format!("{}/{}/commands", self.prefix, c.vehicle_id);
+        self.acks.publishing(&c.event_id);
         self.client
             .publish(topic, payload)
             .await
@@ -156,7 +227,12 @@ impl Processor for Downlink {
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(MqttEvent::PubAck)) => break,
+                Ok(Some(MqttEvent::PubAck(pkid))) => {
+                    if self.acks.acked(pkid) {
+                        break;
+                    }
+                    tracing::debug!(pkid, "PUBACK of an earlier, abandoned publish");
+                }
                 Ok(Some(ev)) => self.note(&ev),
                 Ok(None) => {
                     return Err(ProcessError::Fatal(
@@ -164,6 +240,7 @@ impl Processor for Downlink {
                     ));
                 }
                 Err(_) => {
+                    self.acks.abandon();
                     return Err(ProcessError::Transient(format!(
                         "no PUBACK for command {} within {:?}; re-sending",
                         c.event_id, self.ack_timeout
@@ -184,6 +261,57 @@ impl Processor for Downlink {
 mod tests {
     use super::*;
     use fleet_schemas::CommandKind;
+
+    /// Command A's PUBACK is late: A is re-sent after the timeout, given up, and command B is
+    /// published. A's late acknowledgements must not confirm B; B's own PUBACK does.
+    #[test]
+    fn a_late_puback_does_not_confirm_the_next_command() {
+        let mut t = AckTracker::default();
+        t.publishing("A");
+        t.published(1);
+        t.abandon(); // no PUBACK in time
+        t.publishing("A"); // the retry
+        t.published(2);
+        t.abandon(); // expired meanwhile: given up
+        t.publishing("B");
+        t.published(1); // reconnect: the client resends A's first publish...
+        t.published(3); // ...then B
+        assert!(!t.acked(1), "A's first PUBACK");
+        assert!(!t.acked(2), "A's second PUBACK");
+        assert_eq!(t.abandoned(), 0);
+        assert!(t.acked(3), "B's own PUBACK");
+    }
+
+    /// The first send of a command arrives after its retry went out: it confirms the command
+    /// (the device has it), and the retry's own PUBACK later is recognised as stale.
+    #[test]
+    fn a_late_puback_of_the_same_command_confirms_it() {
+        let mut t = AckTracker::default();
+        t.publishing("A");
+        t.published(1);
+        t.abandon();
+        t.publishing("A");
+        t.published(2);
+        assert!(t.acked(1));
+        t.publishing("B");
+        t.published(3);
+        assert!(!t.acked(2), "the retry's PUBACK is A's");
+        assert!(t.acked(3));
+    }
+
+    /// The client reuses a packet id once it is acknowledged: B gets A's old id right after
+    /// A's late PUBACK (the client's order: the PUBACK event, then the new publish).
+    #[test]
+    fn a_reused_packet_id_after_its_puback_is_the_new_commands() {
+        let mut t = AckTracker::default();
+        t.publishing("A");
+        t.published(1);
+        t.abandon();
+        t.publishing("B");
+        assert!(!t.acked(1));
+        t.published(1);
+        assert!(t.acked(1));
+    }
 
     #[test]
     fn device_payload() {

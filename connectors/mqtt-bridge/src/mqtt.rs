@@ -85,8 +85,11 @@ pub enum MqttEvent {
     },
     /// A PUBLISH from the broker.
     Message(Message),
-    /// The broker acknowledged one of our QoS 1 publishes.
-    PubAck,
+    /// The broker acknowledged our QoS 1 publish with this packet id.
+    PubAck(u16),
+    /// A QoS 1 publish of ours went out with this packet id (first send or a resend after a
+    /// reconnect: the client keeps a pending publish's packet id).
+    Published(u16),
     /// Every filter of a subscription was granted: messages now flow.
     Subscribed,
     /// A subscription was refused.
@@ -330,13 +333,16 @@ pub fn start(
 
 /// What the bridge needs from an MQTT 3.1.1 event (`None`: nothing).
 fn from_v311(ev: Result<rumqttc::Event, rumqttc::ConnectionError>) -> Option<MqttEvent> {
-    use rumqttc::{Event, Packet, SubscribeReasonCode};
+    use rumqttc::{Event, Outgoing, Packet, SubscribeReasonCode};
     match ev {
         Ok(Event::Incoming(Packet::Publish(p))) => Some(MqttEvent::Message(Message::V311(p))),
         Ok(Event::Incoming(Packet::ConnAck(c))) => Some(MqttEvent::Connected {
             session_present: c.session_present,
         }),
-        Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+        Ok(Event::Incoming(Packet::PubAck(a))) => Some(MqttEvent::PubAck(a.pkid)),
+        Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+            Some(MqttEvent::Published(pkid))
+        }
         Ok(Event::Incoming(Packet::SubAck(a)))
             if a.return_codes
                 .iter()
@@ -353,13 +359,17 @@ fn from_v311(ev: Result<rumqttc::Event, rumqttc::ConnectionError>) -> Option<Mqt
 /// What the bridge needs from an MQTT 5 event (`None`: nothing).
 fn from_v5(ev: Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>) -> Option<MqttEvent> {
     use p5::{Packet, SubscribeReasonCode};
+    use rumqttc::Outgoing;
     use rumqttc::v5::Event;
     match ev {
         Ok(Event::Incoming(Packet::Publish(p))) => Some(MqttEvent::Message(Message::V5(p))),
         Ok(Event::Incoming(Packet::ConnAck(c))) => Some(MqttEvent::Connected {
             session_present: c.session_present,
         }),
-        Ok(Event::Incoming(Packet::PubAck(_))) => Some(MqttEvent::PubAck),
+        Ok(Event::Incoming(Packet::PubAck(a))) => Some(MqttEvent::PubAck(a.pkid)),
+        Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+            Some(MqttEvent::Published(pkid))
+        }
         Ok(Event::Incoming(Packet::SubAck(a)))
             if a.return_codes
                 .iter()

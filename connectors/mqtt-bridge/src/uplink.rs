@@ -213,7 +213,7 @@ impl Uplink {
                         tracing::warn!(error = %why, in_flight = pending.len(), "MQTT connection lost; reconnecting (unacknowledged messages will be redelivered)");
                         self.metrics.health.set_dependency("mqtt", false);
                     }
-                    Some(MqttEvent::PubAck) => {}
+                    Some(MqttEvent::PubAck(_) | MqttEvent::Published(_)) => {}
                 },
                 _ = tokio::time::sleep(Duration::from_millis(2)), if !acks.is_empty() => {}
                 _ = report.tick() => {
