@@ -439,6 +439,9 @@ persistence true
 persistence_location $dir/
 max_queued_messages 1000000
 max_inflight_messages 1000
+# Largest MQTT packet a client may send (it is disconnected otherwise). The bridge reads any
+# packet the broker accepts and dead-letters payloads above its own limit.
+max_packet_size 16777216
 listener $FLEET_MQTT_PORT 127.0.0.1
 
 # TLS with client certificates: the certificate's CN is the MQTT user name (same ACL).

@@ -46,6 +46,7 @@ impl Device {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(10))
             .set_inflight(1000)
+            .set_max_packet_size(32 << 20, 32 << 20)
             .set_clean_session(true);
         match auth {
             Auth::Anonymous => {}

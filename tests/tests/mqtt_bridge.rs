@@ -164,6 +164,67 @@ async fn routes_validates_and_dead_letters() {
     );
 }
 
+/// Payloads far above the bridge's 64 KiB limit (200 kB and 1 MiB, QoS 1), then a good
+/// reading. On MQTT 3.1.1 a packet above the client's read limit used to fail the connection
+/// and come back first after every reconnect (the session wedged); on MQTT 5 the broker dropped
+/// it unseen. Both are now read, dead-lettered (`payload_too_large`, size and digest, first
+/// 256 KiB) and acknowledged, and the reading behind them is forwarded.
+#[tokio::test]
+async fn oversized_messages_are_dead_lettered_and_never_block_the_session() {
+    for protocol in ["v3.1.1", "v5"] {
+        let run = Run::new(1).await;
+        let mut env = run.env(&testkit::random_name("bridge-big"));
+        env.push(("FLEET__APP__PROTOCOL", protocol.into()));
+        env.push(("FLEET__APP__DOWNLINK", "false".into()));
+        let bridge = Proc::start(BIN, &env);
+        assert!(wait_ready(&bridge).await, "{protocol}: bridge ready");
+        let (tel, dlq) = (TopicTail::start(&run.telemetry), TopicTail::start(&run.dlq));
+        let dev = simulator("sim-big");
+        assert!(dev.connected(Duration::from_secs(10)).await);
+        let sizes = [200_000_usize, 1 << 20];
+        for n in sizes {
+            let mut big = format!(r#"{{"vehicleId":"VEH-BIG","pad":""#).into_bytes();
+            big.resize(n - 2, b'x');
+            big.extend_from_slice(b"\"}");
+            dev.publish(&run.topic("VEH-BIG", "telemetry"), big).await;
+        }
+        dev.publish(
+            &run.topic("VEH-BIG", "telemetry"),
+            reading_json("VEH-BIG", 1, now_ms()),
+        )
+        .await;
+        assert_eq!(dev.wait_acked(3, Duration::from_secs(20)).await, 3);
+        assert_eq!(
+            tel.wait_for(1, Duration::from_secs(30)).await,
+            1,
+            "{protocol}: the reading behind the oversized messages is forwarded"
+        );
+        assert_eq!(
+            dlq.wait_for(2, Duration::from_secs(10)).await,
+            2,
+            "{protocol}"
+        );
+        let mut dead = decode_all::<DeadLetter>(&dlq.snapshot()).await;
+        dead.sort_by_key(|d| d.original_size);
+        for (d, n) in dead.iter().zip(sizes) {
+            assert_eq!(d.reason, "payload_too_large", "{protocol}");
+            assert_eq!(d.original_size, Some(n as i64), "{protocol}");
+            assert!(d.original_sha256.is_some(), "{protocol}");
+            assert!(
+                d.original.as_ref().is_some_and(|o| o.len() <= 256 * 1024),
+                "{protocol}: the dead letter fits"
+            );
+        }
+        let mut bridge = bridge;
+        assert!(bridge.alive(), "{protocol}");
+        assert!(
+            bridge
+                .terminate(Duration::from_secs(20))
+                .is_some_and(|s| s.success())
+        );
+    }
+}
+
 /// Publishes `n` numbered readings for `vehicles` vehicles as fast as the broker takes them.
 async fn publish_numbered(dev: &Device, run: &Run, n: usize, vehicles: usize, per_sec: usize) {
     let start = std::time::Instant::now();

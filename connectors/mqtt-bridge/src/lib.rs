@@ -59,6 +59,9 @@ pub enum Error {
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The largest MQTT packet the protocol allows (remaining length 268,435,455 bytes).
+pub const MQTT_MAX_PACKET: usize = 268_435_455;
+
 fleet_runtime::config_section! {
     /// mqtt-bridge settings.
     pub struct BridgeConfig {
@@ -105,8 +108,16 @@ fleet_runtime::config_section! {
         /// How long to wait for the broker's PUBACK of a command before re-sending it.
         #[serde(with = "humantime_serde")]
         pub command_ack_timeout: Duration = Duration::from_secs(10),
-        /// Largest accepted payload, bytes.
+        /// Largest accepted payload, bytes; larger messages are dead-lettered
+        /// (`payload_too_large`, with their first 256 KiB, size and SHA-256) and acknowledged.
         pub max_payload_bytes: usize = 64 * 1024,
+        /// Largest MQTT packet the bridge reads, bytes. Default: the protocol's maximum, so that
+        /// every message the broker accepts is read and, when too large, dead-lettered. A lower
+        /// value makes larger messages unreadable: on MQTT 3.1.1 the connection fails on them
+        /// and the persistent session redelivers them first, for ever; on MQTT 5 the broker
+        /// drops them unseen. Bound message sizes at the broker instead (mosquitto
+        /// `max_packet_size`; the local stack and compose file set 16 MiB).
+        pub max_packet_bytes: usize = MQTT_MAX_PACKET,
         /// How far in the future a device timestamp may be.
         #[serde(with = "humantime_serde")]
         pub max_future_skew: Duration = Duration::from_secs(300),
@@ -124,6 +135,12 @@ fleet_runtime::config_section! {
         }
         if c.client_id.is_empty() {
             return bad("app.client_id must not be empty (the persistent session lives under it)".into());
+        }
+        if c.max_packet_bytes < c.max_payload_bytes + 4096 || c.max_packet_bytes > MQTT_MAX_PACKET {
+            return bad(format!(
+                "app.max_packet_bytes {} must be between app.max_payload_bytes + 4096 and {MQTT_MAX_PACKET}",
+                c.max_packet_bytes
+            ));
         }
         if c.receive_maximum == 0 {
             return bad("app.receive_maximum must be at least 1".into());

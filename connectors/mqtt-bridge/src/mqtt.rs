@@ -286,7 +286,7 @@ pub fn start(
             o.set_keep_alive(keep_alive)
                 .set_clean_session(!s.persistent)
                 .set_manual_acks(s.manual_acks)
-                .set_max_packet_size(cfg.max_payload_bytes + 4096, cfg.max_payload_bytes + 4096)
+                .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
                 .set_inflight(s.receive_maximum);
             if !cfg.username.is_empty() {
                 o.set_credentials(&cfg.username, &cfg.password);
@@ -308,7 +308,9 @@ pub fn start(
                 .set_clean_start(!s.persistent)
                 .set_manual_acks(s.manual_acks)
                 .set_receive_maximum(Some(s.receive_maximum))
-                .set_max_packet_size(Some((cfg.max_payload_bytes + 4096) as u32));
+                .set_max_packet_size(Some(
+                    u32::try_from(cfg.max_packet_bytes).unwrap_or(u32::MAX),
+                ));
             if s.persistent {
                 o.set_session_expiry_interval(Some(
                     cfg.session_expiry.as_secs().min(u32::MAX as u64) as u32,
