@@ -183,7 +183,7 @@ async fn oversized_messages_are_dead_lettered_and_never_block_the_session() {
         assert!(dev.connected(Duration::from_secs(10)).await);
         let sizes = [200_000_usize, 1 << 20];
         for n in sizes {
-            let mut big = format!(r#"{{"vehicleId":"VEH-BIG","pad":""#).into_bytes();
+            let mut big = br#"{"vehicleId":"VEH-BIG","pad":""#.to_vec();
             big.resize(n - 2, b'x');
             big.extend_from_slice(b"\"}");
             dev.publish(&run.topic("VEH-BIG", "telemetry"), big).await;
