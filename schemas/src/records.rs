@@ -488,6 +488,10 @@ pub struct DeliveryEvent {
     /// Driver's note.
     #[serde(default)]
     pub note: Option<String>,
+    /// The dispatch client that sent this update, set by the ingest edge (never from a
+    /// payload); only such an update may move a delivery to another vehicle.
+    #[serde(default)]
+    pub reassigned_by: Option<String>,
 }
 
 /// A rejected input with its reason and original bytes. Topic `fleet.dlq`.

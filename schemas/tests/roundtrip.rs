@@ -138,6 +138,7 @@ fn delivery() -> DeliveryEvent {
         destination_radius_m: Some(75.0),
         promised_by: Some(1_000_000),
         note: Some("ñandú — unicode ok".into()),
+        reassigned_by: Some("dispatch-backend".into()),
     }
 }
 

@@ -266,6 +266,7 @@ async fn deliveries_processor_commits_to_the_end_after_its_snapshots() {
                     promised_by: Some(base + 86_400_000),
                     position: None,
                     note: None,
+                    reassigned_by: None,
                 },
             ));
         }

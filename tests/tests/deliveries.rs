@@ -61,6 +61,7 @@ fn delivery_event(v: usize, kind: DeliveryKind, t: i64) -> DeliveryEvent {
         destination_radius_m: None,
         promised_by: None,
         note: None,
+        reassigned_by: None,
     }
 }
 

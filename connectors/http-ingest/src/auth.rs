@@ -86,6 +86,11 @@ impl Principal {
         }
     }
 
+    /// A dispatch client: not bound to vehicles (may report for any, and reassign deliveries).
+    pub fn is_dispatch(&self) -> bool {
+        self.vehicles.is_empty()
+    }
+
     /// Whether the token may report for `vehicle`.
     pub fn may_report(&self, vehicle: &str) -> bool {
         self.vehicles.is_empty() || self.vehicles.iter().any(|v| v == vehicle)

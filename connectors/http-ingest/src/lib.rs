@@ -531,6 +531,9 @@ fn scope(parsed: Parsed, principal: &Principal) -> Result<Parsed, Rejection> {
             if d.driver_id.is_none() {
                 d.driver_id = Some(principal.driver_id.clone());
             }
+            // Only a dispatch client (a token not bound to vehicles) may move a delivery to
+            // another vehicle; the processor checks this mark, which no payload can set.
+            d.reassigned_by = principal.is_dispatch().then(|| principal.driver_id.clone());
             Parsed::Delivery(d)
         }
         other => other,

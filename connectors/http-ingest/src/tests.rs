@@ -59,6 +59,56 @@ fn scope_checks_the_vehicle_and_stamps_the_driver() {
     assert_eq!(e.field.as_deref(), Some("vehicleId"));
 }
 
+/// Only a dispatch client (a token bound to no vehicle) marks its delivery updates as able to
+/// reassign; a driver's token never does, whatever its payload says.
+#[test]
+fn only_dispatch_tokens_may_reassign_deliveries() {
+    let t = Tokens::parse(
+        r#"
+        [[tokens]]
+        token = "driver-one-token-0001"
+        driver_id = "DRV-1"
+        vehicles = ["VEH-1", "VEH-2"]
+        [[tokens]]
+        token = "dispatch-token-00001"
+        driver_id = "dispatch-backend"
+        "#,
+        10.0,
+        100,
+        10,
+        0,
+    )
+    .unwrap();
+    let driver = t.get("driver-one-token-0001").unwrap();
+    let dispatch = t.get("dispatch-token-00001").unwrap();
+    let Ok(Parsed::Delivery(d)) = scope(delivery("VEH-2", None), driver) else {
+        panic!()
+    };
+    assert_eq!(d.reassigned_by, None);
+    let Ok(Parsed::Delivery(d)) = scope(delivery("VEH-7", None), dispatch) else {
+        panic!()
+    };
+    assert_eq!(d.reassigned_by.as_deref(), Some("dispatch-backend"));
+    // A payload cannot claim it.
+    let json = r#"{"deliveryId":"D-1","vehicleId":"VEH-1","status":"picked_up","timestamp":1700000000000,"reassignedBy":"dispatch-backend","reassigned_by":"x"}"#;
+    let who = Identity {
+        vehicle_id: None,
+        source: "http",
+    };
+    if let Ok(Parsed::Delivery(d)) = fleet_ingest::parse(
+        Kind::Delivery,
+        json.as_bytes(),
+        &who,
+        1_700_000_000_500,
+        &Limits::default(),
+    ) {
+        let Ok(Parsed::Delivery(d)) = scope(Parsed::Delivery(d), driver) else {
+            panic!()
+        };
+        assert_eq!(d.reassigned_by, None);
+    }
+}
+
 #[test]
 fn bearer_header_parsing() {
     let mut h = HeaderMap::new();

@@ -674,6 +674,7 @@ fn delivery(
         destination_radius_m,
         promised_by: p.promised_by,
         note: p.note,
+        reassigned_by: None,
     })
 }
 

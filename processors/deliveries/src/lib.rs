@@ -570,6 +570,20 @@ impl<S: StateStore> Processor for DeliveriesProcessor<S> {
             self.replays.inc();
             return Ok(());
         }
+        if let Some(t) = part.state.deliveries.get(r.delivery_id.as_str())
+            && t.vehicle_id != r.vehicle_id
+            && r.reassigned_by.is_none()
+        {
+            // A delivery belongs to its vehicle (and so its customer): another vehicle's
+            // driver may not move it; only a dispatch client may reassign it.
+            return Err(ProcessError::poison(
+                "delivery_vehicle_mismatch",
+                format!(
+                    "delivery {:?} belongs to vehicle {:?}; an update from vehicle {:?} needs a dispatch client to reassign it",
+                    r.delivery_id, t.vehicle_id, r.vehicle_id
+                ),
+            ));
+        }
         part.last_offset = input.offset;
         part.dirty = true;
         let (t, mut changes) = match part.state.deliveries.get_mut(r.delivery_id.as_str()) {

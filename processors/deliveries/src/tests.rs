@@ -53,6 +53,7 @@ fn event(id: &str, vehicle: &str, kind: DeliveryKind, t: i64) -> DeliveryEvent {
         destination_radius_m: None,
         promised_by: None,
         note: None,
+        reassigned_by: None,
     }
 }
 
@@ -437,11 +438,15 @@ async fn reassignment_follows_the_new_vehicle() {
     let mut p = processor(st.clone());
     let t0 = now_ms() - 3_600_000;
     feed(&mut p, 0, 0, created("D-5", "VEH-OLD", t0, None)).await;
+    let dispatch = |e: DeliveryEvent| DeliveryEvent {
+        reassigned_by: Some("dispatch".into()),
+        ..e
+    };
     feed(
         &mut p,
         0,
         1,
-        event("D-5", "VEH-NEW", DeliveryKind::PickedUp, t0 + 1_000),
+        dispatch(event("D-5", "VEH-NEW", DeliveryKind::PickedUp, t0 + 1_000)),
     )
     .await;
     // A late copy naming the old vehicle does not win.
@@ -449,7 +454,7 @@ async fn reassignment_follows_the_new_vehicle() {
         &mut p,
         0,
         2,
-        event("D-5", "VEH-OLD", DeliveryKind::Assigned, t0 + 500),
+        dispatch(event("D-5", "VEH-OLD", DeliveryKind::Assigned, t0 + 500)),
     )
     .await;
     position(&st, "VEH-OLD", t0 + 10_000, DEST, 0.0).await;
@@ -458,6 +463,53 @@ async fn reassignment_follows_the_new_vehicle() {
     let row = st.delivery("D-5").await.expect("read").expect("row");
     assert_eq!(row.vehicle_id, "VEH-NEW");
     assert_eq!((row.last_lat, row.last_lon), (Some(FAR.0), Some(FAR.1)));
+    assert_eq!(row.status, "picked_up");
+}
+
+/// A driver of another vehicle (any token that may report for its own vehicle) cannot take a
+/// delivery over: the update is rejected with its reason and the delivery keeps its vehicle,
+/// status and customer. Before the fix it moved to the sender's vehicle.
+#[tokio::test]
+async fn another_vehicles_driver_cannot_take_a_delivery_over() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = store(&dir).await;
+    let mut p = processor(st.clone());
+    let t0 = now_ms() - 3_600_000;
+    feed(&mut p, 0, 0, created("D-9", "VEH-OWN", t0, None)).await;
+    for (offset, kind) in [(1, DeliveryKind::PickedUp), (2, DeliveryKind::Delivered)] {
+        let input = Input {
+            record: event("D-9", "VEH-THIEF", kind, t0 + 1_000),
+            topic: TOPIC,
+            partition: 0,
+            offset,
+            key: None,
+            timestamp_ms: None,
+        };
+        let mut out = Outputs::new();
+        let err = p.process(&input, &mut out).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProcessError::Poison {
+                    reason: "delivery_vehicle_mismatch",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(out.is_empty(), "no notification for a rejected update");
+    }
+    // Its own vehicle goes on as before.
+    feed(
+        &mut p,
+        0,
+        3,
+        event("D-9", "VEH-OWN", DeliveryKind::PickedUp, t0 + 2_000),
+    )
+    .await;
+    tick(&mut p, clock()).await;
+    let row = st.delivery("D-9").await.expect("read").expect("row");
+    assert_eq!(row.vehicle_id, "VEH-OWN");
     assert_eq!(row.status, "picked_up");
 }
 
