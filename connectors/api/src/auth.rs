@@ -99,6 +99,11 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// Every token with its principal.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Principal>)> {
+        self.by_token.iter().map(|(t, p)| (t.as_str(), p))
+    }
+
     /// Loads a tokens file.
     pub fn load(path: &Path) -> Result<Self, TokensError> {
         let err = |detail: String| TokensError {

@@ -15,11 +15,20 @@
 //! | `GET /map` | a live map page (no external tiles or scripts) fed by the stream |
 //!
 //! Reads go to the state store the processors write (`sqlite://` or `scylla://`); the stream
-//! follows the Kafka topics. Every `/v1` route needs `Authorization: Bearer <token>` (the
-//! stream also takes `?access_token=`, since browsers' `EventSource` cannot set headers);
-//! tokens carry a role ([`auth`]): an operator sees every vehicle, a customer only its own
+//! follows the Kafka topics. Every `/v1` route needs `Authorization: Bearer <token>`; tokens
+//! never go in URLs (proxies log them): browsers' `EventSource`, which cannot set headers,
+//! first takes a single-use ticket from `POST /v1/stream/tickets` (valid `ticket_ttl`) and
+//! opens `/v1/stream?ticket=...`. Tokens carry a role ([`auth`]): an operator sees every vehicle, a customer only its own
 //! (by the `customer_id` of the vehicles' profiles, or vehicles granted to the token), and
 //! anything else answers `404` as if it did not exist.
+//!
+//! ## Limits
+//! Each token has a request budget (a token bucket: `rate_per_token` requests/s, bursts of
+//! `burst_per_token`; the seed design's 1,000 req/s per client): beyond it the API answers
+//! `429` with `Retry-After`. A listing that scans many rows (a customer's
+//! `GET /v1/vehicles` filters the whole table) is charged one more request per 1,000 rows
+//! scanned. Live streams are capped per token (`max_streams_per_token`) and in total
+//! (`max_streams`); outstanding tickets in total (10,000).
 //!
 //! Vehicle status: `offline` when the last reading is older than `offline_after`, else
 //! `moving` at or above `moving_kmh`, else `idle` ([`vehicle_status`]).
@@ -44,9 +53,10 @@ pub mod auth;
 pub mod live;
 pub mod openapi;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::QueryRejection;
@@ -54,11 +64,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleet_runtime::Table;
+use fleet_runtime::limit::Bucket;
 use fleet_runtime::metrics::{Metrics, now_ms};
 use fleet_state::{StateStore, Store, VehicleState};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -95,6 +107,17 @@ fleet_runtime::config_section! {
         pub max_windows_range: Duration = Duration::from_secs(7 * 24 * 3600),
         /// Events buffered per live subscriber before the oldest are dropped.
         pub stream_buffer: usize = 8192,
+        /// Requests per second per token (the budget refills at this rate).
+        pub rate_per_token: f64 = 1000.0,
+        /// Burst of requests per token (the budget's size).
+        pub burst_per_token: u32 = 2000,
+        /// Live streams one token may hold open at once.
+        pub max_streams_per_token: usize = 16,
+        /// Live streams open at once in total.
+        pub max_streams: usize = 10_000,
+        /// How long a stream ticket stays valid (it is single-use).
+        #[serde(with = "humantime_serde")]
+        pub ticket_ttl: Duration = Duration::from_secs(30),
     }
     validate(c) {
         let bad = |m: String| Err(fleet_runtime::Error::Config(m));
@@ -106,6 +129,12 @@ fleet_runtime::config_section! {
         }
         if c.max_page == 0 || c.stream_buffer == 0 {
             return bad("app.max_page and app.stream_buffer must be positive".into());
+        }
+        if !(c.rate_per_token > 0.0) || c.burst_per_token == 0 {
+            return bad("app.rate_per_token and app.burst_per_token must be positive".into());
+        }
+        if c.max_streams_per_token == 0 || c.max_streams == 0 || c.ticket_ttl.is_zero() {
+            return bad("app.max_streams_per_token, app.max_streams and app.ticket_ttl must be positive".into());
         }
         Ok(())
     }
@@ -163,7 +192,59 @@ pub struct Api {
     owners: Table<Option<String>>,
     hub: broadcast::Sender<Arc<LiveEvent>>,
     latency: Vec<(&'static str, Histogram)>,
+    /// Per token: request budget and open streams.
+    clients: HashMap<String, Arc<Client>>,
+    /// Live streams open in total.
+    streams: Arc<AtomicUsize>,
+    /// Stream tickets: ticket -> (token, expiry ms).
+    tickets: Mutex<HashMap<String, (String, i64)>>,
+    rate_limited: Counter,
+    streams_refused: Counter,
 }
+
+/// What the API tracks per token.
+#[derive(Debug)]
+struct Client {
+    bucket: Mutex<Bucket>,
+    streams: AtomicUsize,
+}
+
+impl Client {
+    fn take(&self, n: u32) -> Result<(), u64> {
+        let now = now_ms();
+        match self.bucket.lock() {
+            Ok(mut b) => b.take(n, now),
+            // A panic while holding the lock cannot leave the bucket inconsistent.
+            Err(poisoned) => poisoned.into_inner().take(n, now),
+        }
+    }
+
+    fn charge(&self, n: u32) {
+        let now = now_ms();
+        match self.bucket.lock() {
+            Ok(mut b) => b.charge(n, now),
+            Err(poisoned) => poisoned.into_inner().charge(n, now),
+        }
+    }
+}
+
+/// One open live stream, counted per token and in total until it is dropped (the client
+/// went away).
+#[derive(Debug)]
+struct StreamSlot {
+    client: Arc<Client>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.client.streams.fetch_sub(1, Ordering::Relaxed);
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Most stream tickets outstanding at once.
+const MAX_TICKETS: usize = 10_000;
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,6 +264,23 @@ fn error(status: StatusCode, code: &str, detail: &str) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn too_many_requests(wait_ms: u64) -> Response {
+    let secs = if wait_ms == u64::MAX {
+        60
+    } else {
+        wait_ms.div_ceil(1000).max(1)
+    };
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "this token's request budget is spent; retry after the Retry-After seconds",
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
     }
     r
 }
@@ -248,7 +346,9 @@ struct IncidentsQuery {
 struct StreamQuery {
     vehicles: Option<String>,
     types: Option<String>,
+    /// Refused with a clear answer: tokens never go in URLs.
     access_token: Option<String>,
+    ticket: Option<String>,
 }
 
 const STATUSES: [&str; 3] = ["moving", "idle", "offline"];
@@ -271,6 +371,20 @@ impl Api {
             .into_iter()
             .map(|r| (r, metrics.latency(&format!("api_{r}"))))
             .collect();
+        let clients = tokens
+            .iter()
+            .map(|(t, _)| {
+                let c = Client {
+                    bucket: Mutex::new(Bucket::new(
+                        cfg.rate_per_token,
+                        cfg.burst_per_token,
+                        now_ms(),
+                    )),
+                    streams: AtomicUsize::new(0),
+                };
+                (t.to_owned(), Arc::new(c))
+            })
+            .collect();
         Arc::new(Self {
             cfg,
             tokens,
@@ -278,6 +392,11 @@ impl Api {
             owners,
             hub,
             latency,
+            clients,
+            streams: Arc::new(AtomicUsize::new(0)),
+            tickets: Mutex::new(HashMap::new()),
+            rate_limited: metrics.records("api", "rate_limited"),
+            streams_refused: metrics.records("api", "stream_refused"),
         })
     }
 
@@ -295,6 +414,7 @@ impl Api {
             .route("/v1/incidents", get(incidents))
             .route("/v1/deliveries/{id}", get(delivery))
             .route("/v1/stream", get(stream))
+            .route("/v1/stream/tickets", post(ticket))
             .route("/openapi.json", get(|| async { Json(openapi::document()) }))
             .route("/map", get(|| async { Html(MAP_PAGE) }))
             .route(
@@ -310,8 +430,58 @@ impl Api {
         }
     }
 
-    fn principal(&self, token: Option<&str>) -> Option<Arc<Principal>> {
-        token.and_then(|t| self.tokens.get(t)).cloned()
+    /// The principal of `token`, charged one request: `401` without a known token, `429`
+    /// (with `Retry-After`) when its budget is spent.
+    fn authorize(&self, token: Option<&str>) -> Result<(Arc<Principal>, Arc<Client>), Response> {
+        let token = token.ok_or_else(unauthorized)?;
+        let (Some(p), Some(c)) = (self.tokens.get(token), self.clients.get(token)) else {
+            return Err(unauthorized());
+        };
+        if let Err(wait_ms) = c.take(1) {
+            self.rate_limited.inc();
+            return Err(too_many_requests(wait_ms));
+        }
+        Ok((p.clone(), c.clone()))
+    }
+
+    /// A single-use ticket for `token`'s next live stream.
+    fn issue_ticket(&self, token: &str) -> Option<String> {
+        let now = now_ms();
+        let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        if tickets.len() >= MAX_TICKETS {
+            tickets.retain(|_, (_, expires)| *expires > now);
+            if tickets.len() >= MAX_TICKETS {
+                return None;
+            }
+        }
+        let ticket = uuid::Uuid::new_v4().simple().to_string();
+        let ttl = i64::try_from(self.cfg.ticket_ttl.as_millis()).unwrap_or(i64::MAX);
+        tickets.insert(ticket.clone(), (token.to_owned(), now.saturating_add(ttl)));
+        Some(ticket)
+    }
+
+    /// The token a ticket was issued for, if it is valid; the ticket is used up either way.
+    fn redeem_ticket(&self, ticket: &str) -> Option<String> {
+        let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let (token, expires) = tickets.remove(ticket)?;
+        (expires > now_ms()).then_some(token)
+    }
+
+    /// A slot for one more live stream of `client`, if neither cap is reached.
+    fn open_stream(&self, client: &Arc<Client>) -> Option<StreamSlot> {
+        if self.streams.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_streams {
+            self.streams.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        if client.streams.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_streams_per_token {
+            client.streams.fetch_sub(1, Ordering::Relaxed);
+            self.streams.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(StreamSlot {
+            client: client.clone(),
+            total: self.streams.clone(),
+        })
     }
 
     fn sees(&self, p: &Principal, vehicle: &str) -> bool {
@@ -346,8 +516,9 @@ type ApiState = State<Arc<Api>>;
 
 async fn vehicle(State(api): ApiState, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let started = Instant::now();
-    let Some(p) = api.principal(bearer(&headers)) else {
-        return unauthorized();
+    let (p, _) = match api.authorize(bearer(&headers)) {
+        Ok(pc) => pc,
+        Err(r) => return r,
     };
     if !api.sees(&p, &id) {
         return not_found("no such vehicle");
@@ -368,8 +539,9 @@ async fn vehicles(
     q: Result<Query<VehiclesQuery>, QueryRejection>,
 ) -> Response {
     let started = Instant::now();
-    let Some(p) = api.principal(bearer(&headers)) else {
-        return unauthorized();
+    let (p, client) = match api.authorize(bearer(&headers)) {
+        Ok(pc) => pc,
+        Err(r) => return r,
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -417,6 +589,11 @@ async fn vehicles(
         }
     }
     let next = (!exhausted || out.len() == limit).then_some(after);
+    // A scan costs one more request per page read beyond the first.
+    let pages = scanned.div_ceil(SCAN_PAGE);
+    if pages > 1 {
+        client.charge(u32::try_from(pages - 1).unwrap_or(u32::MAX));
+    }
     api.observe("vehicles", started);
     Json(serde_json::json!({"vehicles": out, "next_after": next})).into_response()
 }
@@ -428,8 +605,9 @@ async fn windows(
     q: Result<Query<WindowsQuery>, QueryRejection>,
 ) -> Response {
     let started = Instant::now();
-    let Some(p) = api.principal(bearer(&headers)) else {
-        return unauthorized();
+    let (p, _) = match api.authorize(bearer(&headers)) {
+        Ok(pc) => pc,
+        Err(r) => return r,
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -464,8 +642,9 @@ async fn incidents(
     q: Result<Query<IncidentsQuery>, QueryRejection>,
 ) -> Response {
     let started = Instant::now();
-    let Some(p) = api.principal(bearer(&headers)) else {
-        return unauthorized();
+    let (p, _) = match api.authorize(bearer(&headers)) {
+        Ok(pc) => pc,
+        Err(r) => return r,
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -494,8 +673,9 @@ async fn incidents(
 
 async fn delivery(State(api): ApiState, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let started = Instant::now();
-    let Some(p) = api.principal(bearer(&headers)) else {
-        return unauthorized();
+    let (p, _) = match api.authorize(bearer(&headers)) {
+        Ok(pc) => pc,
+        Err(r) => return r,
     };
     let r = match api.store.delivery(&id).await {
         Ok(Some(d)) if api.sees(&p, &d.vehicle_id) => Json(d).into_response(),
@@ -511,6 +691,8 @@ struct Filter {
     vehicles: HashSet<String>,
     kinds: HashSet<Kind>,
     principal: Arc<Principal>,
+    /// Released when the stream is dropped.
+    _slot: StreamSlot,
 }
 
 async fn stream(
@@ -522,8 +704,43 @@ async fn stream(
         Ok(q) => q,
         Err(e) => return bad_query(&e),
     };
-    let Some(p) = api.principal(bearer(&headers).or(q.access_token.as_deref())) else {
-        return unauthorized();
+    if q.access_token.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "token_in_url",
+            "tokens never go in URLs (proxies and servers log them): send `Authorization: \
+             Bearer <token>`, or get a single-use ticket from POST /v1/stream/tickets and pass \
+             `?ticket=`",
+        );
+    }
+    let redeemed;
+    let token = match q.ticket.as_deref() {
+        Some(t) => match api.redeem_ticket(t) {
+            Some(token) => {
+                redeemed = token;
+                Some(redeemed.as_str())
+            }
+            None => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "bad_ticket",
+                    "unknown, expired or already used ticket: get a new one from POST /v1/stream/tickets",
+                );
+            }
+        },
+        None => bearer(&headers),
+    };
+    let (p, client) = match api.authorize(token) {
+        Ok(pc) => pc,
+        Err(r) => return r,
+    };
+    let Some(slot) = api.open_stream(&client) else {
+        api.streams_refused.inc();
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            "too many live streams open for this token (or in total); close one first",
+        );
     };
     let mut kinds = HashSet::new();
     for t in q
@@ -558,6 +775,7 @@ async fn stream(
         vehicles,
         kinds,
         principal: p,
+        _slot: slot,
     };
     let rx = api.hub.subscribe();
     let events = futures::stream::unfold(
@@ -592,6 +810,23 @@ async fn stream(
     use futures::StreamExt as _;
     Sse::new(hello.chain(events))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// `POST /v1/stream/tickets`: a single-use ticket for one live stream.
+async fn ticket(State(api): ApiState, headers: HeaderMap) -> Response {
+    let token = bearer(&headers);
+    if let Err(r) = api.authorize(token) {
+        return r;
+    }
+    let Some(t) = token.and_then(|t| api.issue_ticket(t)) else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_tickets",
+            "too many stream tickets outstanding; retry shortly",
+        );
+    };
+    Json(serde_json::json!({"ticket": t, "expires_in_s": api.cfg.ticket_ttl.as_secs()}))
         .into_response()
 }
 

@@ -84,12 +84,23 @@ pub fn document() -> Value {
                 "parameters": [
                     param("vehicles", "query", false, json!({"type": "string"}), "comma-separated vehicle ids (default: every visible vehicle)"),
                     param("types", "query", false, json!({"type": "string", "default": "position,alert,incident"}), "comma-separated event types"),
-                    param("access_token", "query", false, json!({"type": "string"}), "the bearer token, for EventSource clients that cannot set headers")
+                    param("ticket", "query", false, json!({"type": "string"}), "a single-use ticket from POST /v1/stream/tickets, for EventSource clients that cannot set headers (tokens never go in URLs)")
                 ],
                 "responses": {
                     "200": {"description": "text/event-stream; each event's data is one JSON object", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                    "400": {"description": "Unknown type"},
-                    "401": {"description": "Missing or unknown token"}
+                    "400": {"description": "Unknown type, or a token in the URL"},
+                    "401": {"description": "Missing or unknown token, or an expired or used ticket"},
+                    "429": {"description": "Request budget exhausted (Retry-After) or too many open streams"}
+                }
+            }},
+            "/v1/stream/tickets": {"post": {
+                "summary": "A single-use ticket for one live stream, valid for `app.ticket_ttl` (30 s)",
+                "responses": {
+                    "200": {"description": "The ticket", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "ticket": {"type": "string"}, "expires_in_s": {"type": "integer"}
+                    }}}}},
+                    "401": {"description": "Missing or unknown token"},
+                    "429": {"description": "Request budget exhausted or too many outstanding tickets"}
                 }
             }},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OK"}}}},

@@ -60,6 +60,10 @@ fn state(id: &str, age_ms: i64, speed: f64) -> VehicleState {
 }
 
 async fn server() -> Server {
+    server_with(|_| {}).await
+}
+
+async fn server_with(tune: impl FnOnce(&mut ApiConfig)) -> Server {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("sqlite://{}/s.db", dir.path().display());
     let store = Store::open(&url, StoreOptions::default())
@@ -146,11 +150,12 @@ async fn server() -> Server {
         owners.insert(v, Some("acme".to_owned()));
     }
     owners.insert("VEH-G1", Some("globex".to_owned()));
-    let cfg = ApiConfig {
+    let mut cfg = ApiConfig {
         tokens_file: "unused".into(),
         max_page: 10,
         ..Default::default()
     };
+    tune(&mut cfg);
     let hub = Api::hub(&cfg);
     let api = Api::new(
         cfg,
@@ -393,6 +398,7 @@ async fn the_openapi_document_describes_every_route() {
         "/v1/incidents",
         "/v1/deliveries/{id}",
         "/v1/stream",
+        "/v1/stream/tickets",
         "/openapi.json",
         "/map",
     ] {
@@ -405,7 +411,11 @@ async fn the_openapi_document_describes_every_route() {
         } else {
             "VEH-A1"
         };
-        let path = p.replace("{id}", id).replace("/v1/stream", "/openapi.json");
+        let path = if p == "/v1/stream" {
+            "/openapi.json".to_owned()
+        } else {
+            p.replace("{id}", id)
+        };
         let (status, _) = s.get(&path, Some(OPS)).await;
         assert_ne!(status, Http::NOT_FOUND, "{path}");
     }
@@ -467,17 +477,14 @@ async fn the_live_stream_filters_by_vehicle_type_and_tenant() {
     let s = server().await;
     let mut ops_all = subscribe(&s, "", OPS).await;
     let mut ops_one = subscribe(&s, "vehicles=VEH-G1&types=alerts", OPS).await;
+    let ticket = ticket(&s, ACME).await;
     let mut acme = s
         .client
-        .get(format!("{}/v1/stream?access_token={ACME}", s.base))
+        .get(format!("{}/v1/stream?ticket={ticket}", s.base))
         .send()
         .await
         .expect("stream");
-    assert_eq!(
-        acme.status(),
-        Http::OK,
-        "token in the query for EventSource"
-    );
+    assert_eq!(acme.status(), Http::OK, "a ticket for EventSource");
     for _ in 0..100 {
         if s.hub.receiver_count() == 3 {
             break;
@@ -533,4 +540,124 @@ async fn a_slow_subscriber_is_told_how_many_events_it_lost() {
     let got = events(&mut r, 1).await;
     assert_eq!(got[0].0, "lagged");
     assert!(got[0].1["dropped"].as_u64().expect("count") >= 808);
+}
+
+async fn ticket(s: &Server, token: &str) -> String {
+    let r = s
+        .client
+        .post(format!("{}/v1/stream/tickets", s.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("ticket");
+    assert_eq!(r.status(), Http::OK);
+    let v: serde_json::Value = r.json().await.expect("json");
+    v["ticket"].as_str().expect("ticket").to_owned()
+}
+
+/// Tokens never go in URLs (proxies log them; the map page used to put it there): the stream
+/// refuses `?access_token=` and takes a single-use, short-lived ticket instead.
+#[tokio::test]
+async fn tokens_never_go_in_urls_and_tickets_are_single_use() {
+    let s = server_with(|c| c.ticket_ttl = Duration::from_millis(300)).await;
+    let get = |q: String| {
+        let c = s.client.clone();
+        let url = format!("{}/v1/stream?{q}", s.base);
+        async move { c.get(url).send().await.expect("request") }
+    };
+    let r = get(format!("access_token={OPS}")).await;
+    assert_eq!(r.status(), Http::BAD_REQUEST);
+    assert!(r.text().await.expect("body").contains("token_in_url"));
+    let r = s
+        .client
+        .post(format!("{}/v1/stream/tickets", s.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), Http::UNAUTHORIZED, "a ticket needs the token");
+    let t = ticket(&s, ACME).await;
+    let first = get(format!("ticket={t}")).await;
+    assert_eq!(first.status(), Http::OK);
+    assert_eq!(
+        get(format!("ticket={t}")).await.status(),
+        Http::UNAUTHORIZED,
+        "used up"
+    );
+    let late = ticket(&s, ACME).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        get(format!("ticket={late}")).await.status(),
+        Http::UNAUTHORIZED,
+        "expired"
+    );
+    assert_eq!(
+        get("ticket=made-up".into()).await.status(),
+        Http::UNAUTHORIZED
+    );
+    // The map page holds no token-in-URL code path any more.
+    assert!(!MAP_PAGE.contains("access_token"));
+}
+
+/// Each token has its own request budget: beyond it `429` with `Retry-After`, while another
+/// token is served as before.
+#[tokio::test]
+async fn each_token_has_a_request_budget() {
+    let s = server_with(|c| {
+        c.rate_per_token = 1.0;
+        c.burst_per_token = 5;
+    })
+    .await;
+    let get = |token: &'static str| {
+        let c = s.client.clone();
+        let url = format!("{}/v1/vehicles/VEH-A1", s.base);
+        async move { c.get(url).bearer_auth(token).send().await.expect("request") }
+    };
+    for _ in 0..5 {
+        assert_eq!(get(ACME).await.status(), Http::OK);
+    }
+    let r = get(ACME).await;
+    assert_eq!(r.status(), Http::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(get(OPS).await.status(), Http::OK, "other tokens unaffected");
+}
+
+/// A token may hold only `max_streams_per_token` live streams; closing one frees its slot.
+#[tokio::test]
+async fn live_streams_are_capped_per_token() {
+    let s = server_with(|c| c.max_streams_per_token = 2).await;
+    let a = subscribe(&s, "", GLOBEX).await;
+    let _b = subscribe(&s, "", GLOBEX).await;
+    let r = s
+        .client
+        .get(format!("{}/v1/stream", s.base))
+        .bearer_auth(GLOBEX)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), Http::TOO_MANY_REQUESTS);
+    let _ops = subscribe(&s, "", OPS).await;
+    drop(a);
+    // The server notices a closed stream when it next writes to it.
+    let mut reopened = false;
+    for n in 0..100 {
+        let _ = s.hub.send(ev("VEH-G1", Kind::Position, n));
+        let r = s
+            .client
+            .get(format!("{}/v1/stream", s.base))
+            .bearer_auth(GLOBEX)
+            .send()
+            .await
+            .expect("request");
+        if r.status() == Http::OK {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "a closed stream frees its slot");
 }

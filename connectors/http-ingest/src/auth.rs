@@ -20,43 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
-/// A token bucket: `rate` tokens per second up to `capacity`. Time is a parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bucket {
-    capacity: f64,
-    rate: f64,
-    tokens: f64,
-    last_ms: i64,
-}
-
-impl Bucket {
-    /// A full bucket at `now_ms`.
-    pub fn new(rate_per_sec: f64, capacity: u32, now_ms: i64) -> Self {
-        Self {
-            capacity: f64::from(capacity),
-            rate: rate_per_sec,
-            tokens: f64::from(capacity),
-            last_ms: now_ms,
-        }
-    }
-
-    /// Takes `n` tokens at `now_ms`, or says in how many milliseconds there will be enough
-    /// (`u64::MAX` if `n` exceeds the capacity: never).
-    pub fn take(&mut self, n: u32, now_ms: i64) -> Result<(), u64> {
-        let elapsed = (now_ms - self.last_ms).max(0) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
-        self.last_ms = self.last_ms.max(now_ms);
-        let n = f64::from(n);
-        if n <= self.tokens {
-            self.tokens -= n;
-            Ok(())
-        } else if n > self.capacity || self.rate <= 0.0 {
-            Err(u64::MAX)
-        } else {
-            Err(((n - self.tokens) / self.rate * 1000.0).ceil() as u64)
-        }
-    }
-}
+pub use fleet_runtime::limit::Bucket;
 
 /// Who a token belongs to and what it may do.
 #[derive(Debug)]
@@ -226,24 +190,6 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_refills_at_its_rate_up_to_its_capacity() {
-        let mut b = Bucket::new(10.0, 20, 0);
-        assert_eq!(b.take(20, 0), Ok(()));
-        assert_eq!(b.take(1, 0), Err(100), "one token takes 100 ms at 10/s");
-        assert_eq!(b.take(5, 0), Err(500));
-        assert_eq!(b.take(5, 500), Ok(()));
-        // A long pause refills to the capacity, not beyond.
-        assert_eq!(b.take(20, 1_000_000), Ok(()));
-        assert!(b.take(1, 1_000_000).is_err());
-        // More than the capacity: never.
-        assert_eq!(b.take(21, 9_000_000), Err(u64::MAX));
-        // A clock going backwards takes nothing and gives nothing.
-        let mut b = Bucket::new(10.0, 20, 1000);
-        assert_eq!(b.take(20, 0), Ok(()));
-        assert!(b.take(1, 500).is_err());
-    }
 
     const FILE: &str = r#"
         [[tokens]]

@@ -41,6 +41,7 @@
 pub mod config;
 mod error;
 pub mod kafka;
+pub mod limit;
 pub mod metrics;
 mod outputs;
 pub mod runner;
