@@ -130,7 +130,7 @@ fleet_runtime::config_section! {
         if c.max_page == 0 || c.stream_buffer == 0 {
             return bad("app.max_page and app.stream_buffer must be positive".into());
         }
-        if !(c.rate_per_token > 0.0) || c.burst_per_token == 0 {
+        if c.rate_per_token.is_nan() || c.rate_per_token <= 0.0 || c.burst_per_token == 0 {
             return bad("app.rate_per_token and app.burst_per_token must be positive".into());
         }
         if c.max_streams_per_token == 0 || c.max_streams == 0 || c.ticket_ttl.is_zero() {
@@ -266,6 +266,24 @@ fn error(status: StatusCode, code: &str, detail: &str) -> Response {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
+}
+
+/// Why a request was not served.
+#[derive(Debug, Clone, Copy)]
+enum Denied {
+    /// No known token.
+    Unauthorized,
+    /// The token's budget is spent; enough again in this many ms.
+    RateLimited(u64),
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Unauthorized => unauthorized(),
+            Denied::RateLimited(wait_ms) => too_many_requests(wait_ms),
+        }
+    }
 }
 
 fn too_many_requests(wait_ms: u64) -> Response {
@@ -432,14 +450,14 @@ impl Api {
 
     /// The principal of `token`, charged one request: `401` without a known token, `429`
     /// (with `Retry-After`) when its budget is spent.
-    fn authorize(&self, token: Option<&str>) -> Result<(Arc<Principal>, Arc<Client>), Response> {
-        let token = token.ok_or_else(unauthorized)?;
+    fn authorize(&self, token: Option<&str>) -> Result<(Arc<Principal>, Arc<Client>), Denied> {
+        let token = token.ok_or(Denied::Unauthorized)?;
         let (Some(p), Some(c)) = (self.tokens.get(token), self.clients.get(token)) else {
-            return Err(unauthorized());
+            return Err(Denied::Unauthorized);
         };
         if let Err(wait_ms) = c.take(1) {
             self.rate_limited.inc();
-            return Err(too_many_requests(wait_ms));
+            return Err(Denied::RateLimited(wait_ms));
         }
         Ok((p.clone(), c.clone()))
     }
@@ -518,7 +536,7 @@ async fn vehicle(State(api): ApiState, headers: HeaderMap, Path(id): Path<String
     let started = Instant::now();
     let (p, _) = match api.authorize(bearer(&headers)) {
         Ok(pc) => pc,
-        Err(r) => return r,
+        Err(d) => return d.into_response(),
     };
     if !api.sees(&p, &id) {
         return not_found("no such vehicle");
@@ -541,7 +559,7 @@ async fn vehicles(
     let started = Instant::now();
     let (p, client) = match api.authorize(bearer(&headers)) {
         Ok(pc) => pc,
-        Err(r) => return r,
+        Err(d) => return d.into_response(),
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -607,7 +625,7 @@ async fn windows(
     let started = Instant::now();
     let (p, _) = match api.authorize(bearer(&headers)) {
         Ok(pc) => pc,
-        Err(r) => return r,
+        Err(d) => return d.into_response(),
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -644,7 +662,7 @@ async fn incidents(
     let started = Instant::now();
     let (p, _) = match api.authorize(bearer(&headers)) {
         Ok(pc) => pc,
-        Err(r) => return r,
+        Err(d) => return d.into_response(),
     };
     let Query(q) = match q {
         Ok(q) => q,
@@ -675,7 +693,7 @@ async fn delivery(State(api): ApiState, headers: HeaderMap, Path(id): Path<Strin
     let started = Instant::now();
     let (p, _) = match api.authorize(bearer(&headers)) {
         Ok(pc) => pc,
-        Err(r) => return r,
+        Err(d) => return d.into_response(),
     };
     let r = match api.store.delivery(&id).await {
         Ok(Some(d)) if api.sees(&p, &d.vehicle_id) => Json(d).into_response(),
@@ -732,7 +750,7 @@ async fn stream(
     };
     let (p, client) = match api.authorize(token) {
         Ok(pc) => pc,
-        Err(r) => return r,
+        Err(d) => return d.into_response(),
     };
     let Some(slot) = api.open_stream(&client) else {
         api.streams_refused.inc();
@@ -816,8 +834,8 @@ async fn stream(
 /// `POST /v1/stream/tickets`: a single-use ticket for one live stream.
 async fn ticket(State(api): ApiState, headers: HeaderMap) -> Response {
     let token = bearer(&headers);
-    if let Err(r) = api.authorize(token) {
-        return r;
+    if let Err(d) = api.authorize(token) {
+        return d.into_response();
     }
     let Some(t) = token.and_then(|t| api.issue_ticket(t)) else {
         return error(
