@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 /// Shortest accepted token.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub use fleet_runtime::secrets::MIN_TOKEN_LEN;
 
 /// What a token may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -124,11 +124,8 @@ impl Tokens {
         let mut by_token = HashMap::with_capacity(file.tokens.len());
         for (i, t) in file.tokens.into_iter().enumerate() {
             let at = format!("token #{} ({})", i + 1, t.name);
-            if t.token.len() < MIN_TOKEN_LEN || t.token.chars().any(char::is_whitespace) {
-                return Err(format!(
-                    "{at}: tokens must be at least {MIN_TOKEN_LEN} characters without spaces"
-                ));
-            }
+            fleet_runtime::secrets::check_bearer_token(&t.token)
+                .map_err(|e| format!("{at}: {e}"))?;
             if t.role == Role::Customer
                 && t.customer_id.as_deref().is_none_or(str::is_empty)
                 && t.vehicles.is_empty()

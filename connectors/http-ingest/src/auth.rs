@@ -99,7 +99,7 @@ pub struct Tokens {
 }
 
 /// Shortest accepted token: guessable tokens are refused at start-up.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub use fleet_runtime::secrets::MIN_TOKEN_LEN;
 
 impl Tokens {
     /// Loads `path`; every token gets `rate`/`burst` unless it says otherwise. Refuses short,
@@ -134,11 +134,8 @@ impl Tokens {
         let mut by_token = HashMap::with_capacity(file.tokens.len());
         for (i, t) in file.tokens.into_iter().enumerate() {
             let at = format!("token #{} ({})", i + 1, t.driver_id);
-            if t.token.len() < MIN_TOKEN_LEN || t.token.chars().any(|c| c.is_whitespace()) {
-                return Err(format!(
-                    "{at}: tokens must be at least {MIN_TOKEN_LEN} characters without spaces"
-                ));
-            }
+            fleet_runtime::secrets::check_bearer_token(&t.token)
+                .map_err(|e| format!("{at}: {e}"))?;
             if t.driver_id.is_empty() {
                 return Err(format!("{at}: driver_id must not be empty"));
             }

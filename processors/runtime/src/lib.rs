@@ -45,6 +45,7 @@ pub mod limit;
 pub mod metrics;
 mod outputs;
 pub mod runner;
+pub mod secrets;
 pub mod shutdown;
 pub mod table;
 #[cfg(feature = "testkit")]
