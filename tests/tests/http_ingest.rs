@@ -418,3 +418,89 @@ async fn kill_nine_loses_nothing_that_was_accepted() {
     }
     drop(api);
 }
+
+/// Kafka stopped under a running http-ingest: every request is answered `503` within
+/// `kafka_timeout`, also once librdkafka's queue is full (a request used to wait for room in
+/// it for ever), and a client that sends its headers too slowly is disconnected while the
+/// others are answered. Runs on a throw-away one-node cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_and_slow_clients_never_hang_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = fleet_e2e::KafkaCluster::start(1, 19_592);
+    let brokers = cluster.brokers();
+    let run = Run::new().await;
+    for t in [&run.telemetry, &run.deliveries, &run.emergencies, &run.dlq] {
+        testkit::create_topic_on(&brokers, t, 1).await;
+    }
+    let config = run._dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ncreate_topics = false\n\
+             [kafka.options]\n\"queue.buffering.max.messages\" = \"5\"\n\
+             [http]\nheader_timeout = \"1s\"\n\
+             [app]\nkafka_timeout = \"2s\"\nmax_batch_records = 5\n"
+        ),
+    )
+    .expect("config");
+    let port = free_port();
+    let p = Proc::start(
+        BIN,
+        &[
+            ("FLEET_CONFIG", config.display().to_string()),
+            ("FLEET_HTTP_INGEST_LISTEN", format!("127.0.0.1:{port}")),
+            ("FLEET_HTTP_TOKENS_FILE", run.tokens.clone()),
+            ("FLEET_KAFKA_BROKERS", brokers.clone()),
+            ("FLEET__APP__TELEMETRY_TOPIC", run.telemetry.clone()),
+            ("FLEET__APP__DELIVERIES_TOPIC", run.deliveries.clone()),
+            ("FLEET__APP__EMERGENCIES_TOPIC", run.emergencies.clone()),
+            ("FLEET__RUNNER__DLQ_TOPIC", run.dlq.clone()),
+        ],
+    );
+    assert!(wait_ready(&p).await, "http-ingest ready");
+    let now = now_ms();
+    let one = format!("[{}]", reading("VEH-K1", "k-0", now));
+    assert_eq!(
+        post(port, "/v1/telemetry", Some(DISPATCH), one).await.0,
+        202
+    );
+
+    cluster.kill9(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Four requests of 5 records at once: the queue (5) is full after the first.
+    let batch = |k: usize| {
+        let rs: Vec<String> = (0..5)
+            .map(|i| reading("VEH-K1", &format!("k-{k}-{i}"), now + i as i64))
+            .collect();
+        format!("[{}]", rs.join(","))
+    };
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all(
+        (1..=4).map(|k| post(port, "/v1/telemetry", Some(DISPATCH), batch(k))),
+    )
+    .await;
+    let took = started.elapsed();
+    for (status, body, retry) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(retry.as_deref(), Some("1"));
+    }
+    assert!(
+        took < Duration::from_secs(15),
+        "answered within the timeout, not hung: {took:?}"
+    );
+
+    // A slow client is cut off after the header timeout; others are still answered.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /v1/telemetry HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the slow client was disconnected");
+    let (status, _, _) = post(port, "/v1/telemetry", None, "[]").await;
+    assert_eq!(status, 401, "others are answered");
+    let mut p = p;
+    assert!(p.alive(), "http-ingest keeps running without Kafka");
+}

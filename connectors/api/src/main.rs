@@ -68,8 +68,8 @@ async fn main() -> anyhow::Result<()> {
     let api = Api::new(app, tokens, store, owners, hub, &runtime.metrics);
     tracing::info!(%addr, "fleet-api listening on http://{addr}/v1/ (map: http://{addr}/map#token=...)");
     let t = token.clone();
-    axum::serve(listener, api.router())
-        .with_graceful_shutdown(async move { t.cancelled().await })
+    // Connection cap, header and request timeouts: `[http]` (fleet_runtime::http).
+    fleet_runtime::http::serve(listener, api.router(), &config.http, t)
         .await
         .context("serving")?;
     token.cancel();

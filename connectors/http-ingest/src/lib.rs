@@ -300,13 +300,19 @@ impl Api {
                     index: 0,
                     rejection,
                 }];
-                return match self.dead_letters(kind, principal, &[&body], &refused).await {
+                let written = self
+                    .bounded(self.dead_letters(kind, principal, &[&body], &refused))
+                    .await;
+                return match written {
                     Ok(()) => rejected_answer(0, &refused),
                     Err(f) => self.fail(f),
                 };
             }
         };
-        match self.write(kind, principal, &records, now).await {
+        match self
+            .bounded(self.write(kind, principal, &records, now))
+            .await
+        {
             Ok((event_ids, refused)) => {
                 self.latency.observe(started.elapsed().as_secs_f64());
                 self.metrics.health.progress(now_ms());
@@ -322,6 +328,22 @@ impl Api {
             }
             Err(f) => self.fail(f),
         }
+    }
+
+    /// Every Kafka wait of a request, bounded by `kafka_timeout` in total: queueing while
+    /// librdkafka's queue is full (Kafka down) included, so a request never hangs past it.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Fail>>,
+    ) -> Result<T, Fail> {
+        tokio::time::timeout(self.cfg.kafka_timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Fail::Unavailable(format!(
+                    "Kafka did not take the records within {:?}",
+                    self.cfg.kafka_timeout
+                )))
+            })
     }
 
     fn fail(&self, f: Fail) -> Response {

@@ -63,8 +63,8 @@ async fn main() -> anyhow::Result<()> {
     );
     tracing::info!(%addr, "http-ingest listening on http://{addr}/v1/");
     let t = token.clone();
-    axum::serve(listener, api.router())
-        .with_graceful_shutdown(async move { t.cancelled().await })
+    // Connection cap, header and request timeouts: `[http]` (fleet_runtime::http).
+    fleet_runtime::http::serve(listener, api.router(), &config.http, t)
         .await
         .context("serving")?;
     // Requests in flight were answered (graceful shutdown waits for them); flush what is left.

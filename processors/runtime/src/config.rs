@@ -231,6 +231,27 @@ config_section! {
     pub struct HttpConfig {
         /// Listen address for /metrics, /health/live and /health/ready; empty disables it.
         pub listen: String = "127.0.0.1:0".to_owned(), env = "FLEET_HTTP_LISTEN",
+        /// Limits of every HTTP server of the binary (metrics, API, ingest): open connections
+        /// at once; further clients wait in the listen backlog.
+        pub max_connections: usize = 10_000,
+        /// Open connections at once from one IP address; more are closed at once.
+        pub max_connections_per_ip: usize = 1_000,
+        /// Time a client has to send a request's headers (also the idle keep-alive limit).
+        #[serde(with = "humantime_serde")]
+        pub header_timeout: Duration = Duration::from_secs(10),
+        /// Time from a request's headers to its response's headers (body upload included);
+        /// then `408`. Streams (SSE) run on once their headers are out.
+        #[serde(with = "humantime_serde")]
+        pub request_timeout: Duration = Duration::from_secs(30),
+    }
+    validate(c) {
+        if c.max_connections == 0 || c.max_connections_per_ip == 0 {
+            return Err(Error::Config("http.max_connections and http.max_connections_per_ip must be positive".into()));
+        }
+        if c.header_timeout.is_zero() || c.request_timeout.is_zero() {
+            return Err(Error::Config("http.header_timeout and http.request_timeout must be positive".into()));
+        }
+        Ok(())
     }
 }
 

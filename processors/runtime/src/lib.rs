@@ -40,6 +40,7 @@
 
 pub mod config;
 mod error;
+pub mod http;
 pub mod kafka;
 pub mod limit;
 pub mod metrics;

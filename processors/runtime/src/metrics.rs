@@ -330,10 +330,11 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 
 /// Binds `listen` and serves the routes until `shutdown` fires; returns the bound address.
 pub async fn serve(
-    listen: &str,
+    limits: &crate::config::HttpConfig,
     metrics: Arc<Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<Option<std::net::SocketAddr>> {
+    let listen = &limits.listen;
     if listen.is_empty() {
         return Ok(None);
     }
@@ -341,11 +342,9 @@ pub async fn serve(
         std::io::Error::new(e.kind(), format!("binding metrics listener {listen}: {e}"))
     })?;
     let addr = listener.local_addr()?;
+    let limits = limits.clone();
     tokio::spawn(async move {
-        let result = axum::serve(listener, router(metrics))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
+        if let Err(e) = crate::http::serve(listener, router(metrics), &limits, shutdown).await {
             tracing::error!(error = %e, "metrics server failed");
         }
     });

@@ -246,8 +246,7 @@ impl Runtime {
             Ordering::Relaxed,
         );
         metrics.health.progress(now_ms());
-        let http_addr =
-            crate::metrics::serve(&config.http.listen, metrics.clone(), shutdown).await?;
+        let http_addr = crate::metrics::serve(&config.http, metrics.clone(), shutdown).await?;
         if let Some(addr) = http_addr {
             tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
         }
