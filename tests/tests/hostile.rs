@@ -222,3 +222,127 @@ async fn renamed_topics_are_provisioned_under_their_configured_names() {
         "nothing created"
     );
 }
+
+/// The state store stops taking writes (another process holds SQLite's write lock, as a
+/// stalled or unreachable store would): telemetry-processor retries, and `/health/ready` says
+/// so (503, "retrying a transient failure") instead of ready; once the store is back it is
+/// ready again and the reading's state is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_store_outage_makes_the_processor_not_ready_until_it_is_back() {
+    use fleet_schemas::{Encoder, Position, Registry, TelemetryReading, ids};
+    let input = testkit::random_name("e2e.hostile.store.in");
+    let windows = testkit::random_name("e2e.hostile.store.win");
+    let dlq = testkit::random_name("e2e.hostile.store.dlq");
+    for t in [&input, &windows, &dlq] {
+        testkit::create_topic(t, 1).await;
+    }
+    let dir = std::env::temp_dir().join(testkit::random_name("fleet-e2e-store"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("state.db");
+    let mut env = vec![
+        ("FLEET_KAFKA_BROKERS", testkit::brokers()),
+        ("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url()),
+        ("FLEET_STATE_URL", format!("sqlite://{}", db.display())),
+        ("FLEET__APP__INPUT_TOPIC", input.clone()),
+        ("FLEET__APP__WINDOWS_TOPIC", windows),
+        ("FLEET__RUNNER__DLQ_TOPIC", dlq),
+        ("FLEET__RUNNER__TICK_INTERVAL", "200ms".into()),
+        ("FLEET__KAFKA__GROUP_ID", testkit::random_name("e2e.store")),
+    ];
+    env.extend(fast_rejoin());
+    let p = Proc::start("telemetry-processor", &env);
+    assert!(wait_ready(&p).await, "ready");
+
+    // Another process takes SQLite's write lock and keeps it until killed.
+    let mut locker = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys,time\n\
+             c=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked',flush=True)\n\
+             time.sleep(600)",
+        )
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(locker.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "locked");
+    }
+    let registry = Registry::new(&testkit::registry_url()).expect("registry");
+    let enc = Encoder::<TelemetryReading>::register(&registry, &input)
+        .await
+        .expect("schema");
+    let t = fleet_e2e::now_ms();
+    let r = TelemetryReading {
+        event_id: ids::derived_id(&["e2e-store", &t.to_string()]),
+        vehicle_id: "VEH-STORE".into(),
+        event_time: t,
+        ingest_time: t,
+        sent_time: None,
+        position: Position::new(4.6, -74.08),
+        speed_kmh: Some(40.0),
+        heading_deg: None,
+        cargo_temp_c: None,
+        door_open: None,
+        ignition_on: None,
+        accel_mps2: None,
+        odometer_km: None,
+        battery_v: None,
+        camera_active: None,
+        source: "e2e".into(),
+    };
+    testkit::populate_topic(
+        &input,
+        &[(b"VEH-STORE".to_vec(), enc.encode(&r).expect("encode"))],
+    )
+    .await;
+    let mut not_ready = None;
+    for _ in 0..600 {
+        if let Some((503, body)) = p.get("/health/ready").await
+            && body.contains("retrying a transient failure")
+        {
+            not_ready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = not_ready.expect("not ready while the store refuses writes");
+    eprintln!("during the outage: {}", body.trim());
+
+    let _ = locker.kill();
+    let _ = locker.wait();
+    assert!(wait_ready(&p).await, "ready again once the store is back");
+    let store = fleet_state::Store::open(
+        &format!("sqlite://{}", db.display()),
+        fleet_state::StoreOptions::default(),
+    )
+    .await
+    .expect("store");
+    let mut written = false;
+    for _ in 0..100 {
+        use fleet_state::StateStore as _;
+        if store
+            .vehicle_state("VEH-STORE", fleet_e2e::now_ms())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written, "the reading's state is written after the outage");
+    assert!(
+        p.terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+}

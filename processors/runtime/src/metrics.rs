@@ -249,6 +249,9 @@ pub struct Health {
     no_consumer: AtomicBool,
     /// External dependencies (an MQTT connection, ...) and whether each is up.
     deps: Mutex<Vec<(&'static str, bool)>>,
+    /// What the loop is retrying (a transient failure of an input or a timer step), and since
+    /// when (ms): not ready meanwhile.
+    failing: Mutex<Option<(String, i64)>>,
 }
 
 impl Health {
@@ -259,6 +262,14 @@ impl Health {
             && let Some((name, _)) = deps.iter().find(|(_, up)| !up)
         {
             return Err(format!("{name} is not connected"));
+        }
+        if let Ok(f) = self.failing.lock()
+            && let Some((why, since)) = f.as_ref()
+        {
+            return Err(format!(
+                "retrying a transient failure for {} ms: {why}",
+                now_ms - since
+            ));
         }
         if self.assigned.load(Ordering::Relaxed) == 0 && !self.no_consumer.load(Ordering::Relaxed) {
             return Err("no partitions assigned".into());
@@ -283,6 +294,20 @@ impl Health {
     /// whose consumer is optional).
     pub fn consumer_optional(&self) {
         self.no_consumer.store(true, Ordering::Relaxed);
+    }
+
+    /// The loop is retrying a transient failure (`Some(why)`, e.g. the state store is
+    /// unreachable) or is past it (`None`). Not ready while it retries: this instance makes no
+    /// progress, and an orchestrator should neither route to it nor count it as healthy
+    /// capacity. The first failure's time is kept while the failure repeats.
+    pub fn set_failing(&self, why: Option<&str>, now_ms: i64) {
+        if let Ok(mut f) = self.failing.lock() {
+            match (why, f.as_mut()) {
+                (None, _) => *f = None,
+                (Some(w), Some((prev, _))) => w.clone_into(prev),
+                (Some(w), None) => *f = Some((w.to_owned(), now_ms)),
+            }
+        }
     }
 
     /// Records whether the external dependency `name` is up; readiness requires all to be.
@@ -388,6 +413,23 @@ mod tests {
         assert_eq!(h.ready(99_000), Err("mqtt is not connected".into()));
         h.set_dependency("mqtt", true);
         assert!(h.ready(99_000).is_ok());
+    }
+
+    /// A processor retrying a transient failure (its state store is down) makes no progress
+    /// and must say so, with the first failure's time, until it is past it.
+    #[test]
+    fn readiness_goes_false_while_a_transient_failure_is_retried() {
+        let h = Health::default();
+        h.consumer_optional();
+        assert!(h.ready(1_000).is_ok());
+        h.set_failing(Some("state store: connection refused"), 1_000);
+        h.set_failing(Some("state store: timed out"), 4_000);
+        assert_eq!(
+            h.ready(5_000),
+            Err("retrying a transient failure for 4000 ms: state store: timed out".into())
+        );
+        h.set_failing(None, 6_000);
+        assert!(h.ready(6_000).is_ok());
     }
 
     #[test]

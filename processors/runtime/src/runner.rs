@@ -35,6 +35,12 @@
 //!   bytes goes to the DLQ topic; the offset is stored once the dead letter is acknowledged.
 //! * Transient ([`ProcessError::Transient`], registry unreachable, a produce that failed after
 //!   librdkafka's own retries): retried with capped exponential backoff; the offset waits.
+//!   `/health/ready` answers 503 ("retrying a transient failure for N ms: why") from the first
+//!   failure until the input (or timer step) succeeds. The retry holds the loop: no other input
+//!   and no rebalance event is handled meanwhile. If it outlasts `kafka.max_poll_interval`
+//!   (300 s), librdkafka leaves the group and the partitions move to other members; the
+//!   retried input is not lost (its offset was never stored) and is processed again by the
+//!   new owner, and this member rejoins when its retry ends.
 //! * Fatal ([`ProcessError::Fatal`], producer gone): the loop stops taking input, drains what is
 //!   in flight, commits, and returns the error (the binary exits non-zero).
 //!
@@ -890,10 +896,15 @@ impl<P: Processor> Loop<'_, P> {
                 // A tick has no input to dead-letter; it runs again next period.
                 self.counters.retry_process.inc();
                 tracing::warn!(error = %e, "timer step failed; retried next tick");
+                self.rt
+                    .metrics
+                    .health
+                    .set_failing(Some(&format!("timer step: {e}")), now);
                 self.out.clear();
                 return Ok(Step::Continue);
             }
         }
+        self.rt.metrics.health.set_failing(None, now);
         // Always an entry, empty or not: its settling tells the processor that this tick and
         // everything before it is durable (`on_tick_durable`).
         self.enqueue(None, false).await?;
@@ -913,6 +924,10 @@ impl<P: Processor> Loop<'_, P> {
                 Err(e) if e.is_transient() => {
                     self.counters.retry_decode.inc();
                     tracing::warn!(error = %e, "decode needs the registry; retrying in {delay:?}");
+                    self.rt
+                        .metrics
+                        .health
+                        .set_failing(Some(&format!("decoding (registry): {e}")), now_ms());
                     if self.backoff(&mut delay).await {
                         return Ok(Step::Stop);
                     }
@@ -945,6 +960,10 @@ impl<P: Processor> Loop<'_, P> {
                     Err(ProcessError::Transient(m)) => {
                         self.counters.retry_process.inc();
                         tracing::warn!(error = %m, offset = msg.offset(), "transient; retrying in {delay:?}");
+                        self.rt.metrics.health.set_failing(
+                            Some(&format!("{topic}/{}: {m}", msg.partition())),
+                            now_ms(),
+                        );
                         if self.backoff(&mut delay).await {
                             self.out.clear();
                             return Ok(Step::Stop);
@@ -954,6 +973,7 @@ impl<P: Processor> Loop<'_, P> {
                 }
             }
         }
+        self.rt.metrics.health.set_failing(None, now_ms());
         let source = Some((self.topic_arc(topic), msg.partition(), msg.offset()));
         self.enqueue(source, dead).await?;
         Ok(Step::Continue)

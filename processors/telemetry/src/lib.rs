@@ -191,10 +191,14 @@ impl<S: StateStore> Telemetry<S> {
             return Ok(());
         }
         let batch: Vec<VehicleState> = self.states.drain().map(|(_, v)| v).collect();
-        self.store
-            .upsert_vehicle_states(&batch, now)
-            .await
-            .map_err(|e| ProcessError::Transient(e.to_string()))?;
+        if let Err(e) = self.store.upsert_vehicle_states(&batch, now).await {
+            // Keep the batch for the retry: a state dropped here would never be written if
+            // its vehicle goes quiet (nothing newer can have arrived during this call).
+            for s in batch {
+                self.states.entry(s.vehicle_id.clone()).or_insert(s);
+            }
+            return Err(ProcessError::Transient(e.to_string()));
+        }
         for p in self.parts.values_mut() {
             p.unflushed = None;
         }
@@ -505,6 +509,8 @@ mod tests {
     struct Flaky {
         inner: Store,
         failures_left: Arc<AtomicUsize>,
+        /// Failures left of `upsert_vehicle_states`.
+        state_failures_left: Arc<AtomicUsize>,
     }
 
     impl StateStore for Flaky {
@@ -513,6 +519,13 @@ mod tests {
             rows: &[VehicleState],
             now: i64,
         ) -> StateResult<usize> {
+            if self
+                .state_failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(fleet_state::Error::Backend("injected failure".into()));
+            }
             self.inner.upsert_vehicle_states(rows, now).await
         }
         async fn vehicle_state(&self, id: &str, now: i64) -> StateResult<Option<VehicleState>> {
@@ -605,6 +618,7 @@ mod tests {
                 .await
                 .expect("store"),
             failures_left: Arc::new(AtomicUsize::new(failures)),
+            state_failures_left: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -646,6 +660,46 @@ mod tests {
         p.process(&input, out).await
     }
 
+    /// A failed `vehicle_state` write keeps its batch: the retry writes it (it used to be
+    /// dropped, so a vehicle that then went quiet never got its last state written).
+    #[tokio::test]
+    async fn a_failed_state_write_is_retried_not_dropped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = flaky(&dir, 0).await;
+        store.state_failures_left = Arc::new(AtomicUsize::new(1));
+        let config = TelemetryConfig {
+            input_topic: "in".into(),
+            windows_topic: "windows".into(),
+            ..Default::default()
+        };
+        let mut p =
+            Telemetry::new(&config, "g", Encoder::with_schema_id(7), store).expect("processor");
+        let t = now_ms();
+        let mut r = reading("V-QUIET", t);
+        r.position = Position::new(4.6, -74.0);
+        feed(&mut p, 0, r, &mut Outputs::new()).await.expect("ok");
+        let err = p.on_tick(t, &mut Outputs::new()).await;
+        assert!(matches!(err, Err(ProcessError::Transient(_))), "{err:?}");
+        assert!(
+            p.store
+                .vehicle_state("V-QUIET", t)
+                .await
+                .expect("read")
+                .is_none()
+        );
+        p.on_tick(t + 1, &mut Outputs::new())
+            .await
+            .expect("store back");
+        assert!(
+            p.store
+                .vehicle_state("V-QUIET", t)
+                .await
+                .expect("read")
+                .is_some(),
+            "the state of the failed batch is written by the retry"
+        );
+    }
+
     #[tokio::test]
     async fn a_failed_store_write_never_drops_a_closed_window() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -656,6 +710,7 @@ mod tests {
                 .await
                 .expect("store"),
             failures_left: failures.clone(),
+            state_failures_left: Arc::new(AtomicUsize::new(0)),
         };
         let config = TelemetryConfig {
             input_topic: "in".into(),
