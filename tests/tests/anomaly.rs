@@ -227,6 +227,18 @@ async fn known_incidents_raise_the_same_alerts_with_and_without_sigkill() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // One transaction: each partition written carries a commit marker, which takes an offset.
+    let n = serde_json::from_str::<Vec<serde_json::Value>>(PROFILES)
+        .expect("profiles json")
+        .len() as i64;
+    let high: i64 = testkit::group_lag("nobody", &profiles)
+        .iter()
+        .map(|p| p.high)
+        .sum();
+    assert!(
+        high > n,
+        "published in a transaction: {high} offsets used for {n} profiles"
+    );
     // A malformed record on the profiles topic: dead-lettered by the processor, not fatal.
     testkit::populate_topic(&profiles, &[(b"VEH-A001".to_vec(), b"not avro".to_vec())]).await;
 

@@ -1,12 +1,13 @@
 //! `fleetctl profiles load`.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, Result, bail};
 use fleet_runtime::config::KafkaConfig;
-use fleet_runtime::kafka::{self, ProducerProfile, TopicSpec};
+use fleet_runtime::kafka::{self, TopicSpec};
 use fleet_schemas::{Contact, Encoder, GeofenceCircle, Registry, VehicleProfile, Waypoint, ids};
+use rdkafka::producer::Producer as _;
 use serde::Deserialize;
 
 /// A profile as written in the file: the Avro record's fields, ids and times optional.
@@ -51,7 +52,8 @@ fn parse(text: &str) -> anyhow::Result<Vec<ProfileInput>> {
         .collect()
 }
 
-/// Validates the profiles in `file` and publishes them to `topic` (all or nothing).
+/// Validates the profiles in `file` and publishes them to `topic` (all or nothing: nothing is
+/// published if one is invalid, and the publishing is one Kafka transaction).
 pub(crate) async fn load(
     brokers: String,
     registry_url: &str,
@@ -116,13 +118,33 @@ pub(crate) async fn load(
     let encoder = Encoder::<VehicleProfile>::register(&registry, topic)
         .await
         .context("registering the VehicleProfile schema")?;
-    let producer = kafka::producer(&kcfg, ProducerProfile::Latency)?;
+    // One Kafka transaction: readers (read_committed, librdkafka's default) see every profile
+    // of the file or none; a concurrent load to the same topic is fenced by the shared id.
+    let producer = kafka::transactional_producer(&kcfg, &format!("fleetctl-profiles-{topic}"))?;
+    producer.begin_transaction()?;
+    if let Err(e) = send_all(&producer, &encoder, topic, &records).await {
+        let _ = producer.abort_transaction(Duration::from_secs(30));
+        return Err(e.context("nothing published (transaction aborted)"));
+    }
+    producer
+        .commit_transaction(Duration::from_secs(60))
+        .context("committing the transaction (nothing published)")?;
+    println!("{} profile(s) published to {topic}", records.len());
+    Ok(())
+}
+
+async fn send_all(
+    producer: &rdkafka::producer::FutureProducer,
+    encoder: &Encoder<VehicleProfile>,
+    topic: &str,
+    records: &[VehicleProfile],
+) -> Result<()> {
     let mut acks = Vec::with_capacity(records.len());
-    for r in &records {
+    for r in records {
         let payload = encoder.encode(r)?;
         acks.push(
             kafka::send(
-                &producer,
+                producer,
                 topic,
                 Some(r.vehicle_id.as_bytes()),
                 Some(&payload),
@@ -137,6 +159,5 @@ pub(crate) async fn load(
             Err(_) => bail!("the producer dropped a delivery"),
         }
     }
-    println!("{} profile(s) published to {topic}", records.len());
     Ok(())
 }

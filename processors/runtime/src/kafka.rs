@@ -63,6 +63,24 @@ pub fn producer(cfg: &KafkaConfig, profile: ProducerProfile) -> Result<FuturePro
     Ok(c.create()?)
 }
 
+/// A transactional producer with `transactional.id` = `id`, transactions initialised: what it
+/// sends between `begin_transaction` and `commit_transaction` becomes visible to
+/// `read_committed` readers (librdkafka's default) all at once or not at all. A second
+/// producer with the same id fences the first (its transaction is aborted).
+pub fn transactional_producer(cfg: &KafkaConfig, id: &str) -> Result<FutureProducer> {
+    use rdkafka::producer::Producer as _;
+    let mut c = base(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("statistics.interval.ms", "0")
+        .set("linger.ms", "5")
+        .set("transactional.id", id);
+    apply_options(&mut c, cfg);
+    let p: FutureProducer = c.create()?;
+    p.init_transactions(Duration::from_secs(30))?;
+    Ok(p)
+}
+
 /// A rebalance as the consumer's owner sees it: the (topic, partition)s that came or went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rebalanced {
