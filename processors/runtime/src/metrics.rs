@@ -252,6 +252,8 @@ pub struct Health {
     /// What the loop is retrying (a transient failure of an input or a timer step), and since
     /// when (ms): not ready meanwhile.
     failing: Mutex<Option<(String, i64)>>,
+    /// Whether `failing` is set: clearing it (after every input) skips the lock when it is not.
+    failing_set: AtomicBool,
 }
 
 impl Health {
@@ -301,6 +303,10 @@ impl Health {
     /// progress, and an orchestrator should neither route to it nor count it as healthy
     /// capacity. The first failure's time is kept while the failure repeats.
     pub fn set_failing(&self, why: Option<&str>, now_ms: i64) {
+        if why.is_none() && !self.failing_set.load(Ordering::Relaxed) {
+            return;
+        }
+        self.failing_set.store(why.is_some(), Ordering::Relaxed);
         if let Ok(mut f) = self.failing.lock() {
             match (why, f.as_mut()) {
                 (None, _) => *f = None,
