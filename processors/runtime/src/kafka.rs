@@ -295,7 +295,8 @@ pub fn table_consumer(cfg: &KafkaConfig) -> Result<BaseConsumer> {
     )
     .set("enable.auto.commit", "false")
     .set("enable.auto.offset.store", "false")
-    .set("enable.partition.eof", "false")
+    // The initial load ends at each partition's end-of-partition event.
+    .set("enable.partition.eof", "true")
     .set("statistics.interval.ms", "0")
     .set("fetch.wait.max.ms", "500");
     apply_options(&mut c, cfg);

@@ -158,7 +158,7 @@ impl<V: Send + Sync + 'static> Table<V> {
             if shutdown.is_cancelled() {
                 return Ok(table);
             }
-            let batch = poll_batch(&consumer).await?;
+            let (batch, eofs) = poll_batch(&consumer).await?;
             for m in batch {
                 if let Some(end) = remaining.get(&m.partition)
                     && m.offset + 1 >= *end
@@ -166,6 +166,12 @@ impl<V: Send + Sync + 'static> Table<V> {
                     remaining.remove(&m.partition);
                 }
                 loader.apply(m).await;
+            }
+            // A partition written in transactions ends with a commit marker (an offset no
+            // record is delivered for; aborted records are skipped too): its end is the
+            // consumer's end-of-partition event, not the offset of a last record.
+            for p in eofs {
+                remaining.remove(&p);
             }
             if started.elapsed() > Duration::from_secs(120) {
                 return Err(Error::Config(format!(
@@ -177,7 +183,7 @@ impl<V: Send + Sync + 'static> Table<V> {
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
                 match poll_batch(&consumer).await {
-                    Ok(batch) => {
+                    Ok((batch, _)) => {
                         for m in batch {
                             loader.apply(m).await;
                         }
@@ -203,14 +209,17 @@ struct Raw {
 }
 
 /// Polls up to 500 records (waiting at most 200 ms for the first) off the async threads.
-async fn poll_batch(consumer: &Arc<BaseConsumer>) -> Result<Vec<Raw>> {
+/// Up to 500 records, and the partitions whose end was reached (end-of-partition events).
+async fn poll_batch(consumer: &Arc<BaseConsumer>) -> Result<(Vec<Raw>, Vec<i32>)> {
     let c = consumer.clone();
-    tokio::task::spawn_blocking(move || -> Result<Vec<Raw>> {
+    tokio::task::spawn_blocking(move || -> Result<(Vec<Raw>, Vec<i32>)> {
         let mut out = Vec::new();
+        let mut eofs = Vec::new();
         let mut timeout = Duration::from_millis(200);
         while out.len() < 500 {
             match c.poll(timeout) {
                 None => break,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => eofs.push(p),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(m)) => out.push(Raw {
                     partition: m.partition(),
@@ -221,7 +230,7 @@ async fn poll_batch(consumer: &Arc<BaseConsumer>) -> Result<Vec<Raw>> {
             }
             timeout = Duration::ZERO;
         }
-        Ok(out)
+        Ok((out, eofs))
     })
     .await
     .map_err(|e| Error::Fatal(format!("table poll: {e}")))?

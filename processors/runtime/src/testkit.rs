@@ -283,10 +283,21 @@ pub fn group_lag(group: &str, topic: &str) -> Vec<PartitionLag> {
     for p in &partitions {
         tpl.add_partition(topic, *p);
     }
-    #[allow(clippy::expect_used)]
-    let committed = c
-        .committed_offsets(tpl, timeout)
-        .expect("committed offsets");
+    // Right after a broker starts, the group coordinator may still be loading or moving
+    // (NotCoordinator, CoordinatorLoadInProgress): an OffsetFetch is retried until the deadline,
+    // as `kafka-consumer-groups` does.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        match c.committed_offsets(tpl.clone(), timeout) {
+            Ok(committed) => break committed,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "committed offsets: retrying");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            #[allow(clippy::panic)]
+            Err(e) => panic!("committed offsets of {group} on {topic}: {e}"),
+        }
+    };
     partitions
         .into_iter()
         .map(|p| {
