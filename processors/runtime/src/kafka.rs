@@ -282,8 +282,26 @@ pub fn replication_for(cfg: &KafkaConfig, brokers: usize) -> (i32, i32) {
     (rf, min_isr)
 }
 
+/// The table consumer's context: end-of-partition events are how the table loader knows it
+/// caught up (returned by `poll`), not errors worth a log line; everything else is logged as
+/// by rdkafka's default context.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TableContext;
+
+impl ClientContext for TableContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(&error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for TableContext {}
+
 /// A consumer for reading a whole topic as a table: no group offsets, assigned explicitly.
-pub fn table_consumer(cfg: &KafkaConfig) -> Result<BaseConsumer> {
+pub fn table_consumer(cfg: &KafkaConfig) -> Result<BaseConsumer<TableContext>> {
     let mut c = base(cfg);
     c.set(
         "group.id",
@@ -300,7 +318,7 @@ pub fn table_consumer(cfg: &KafkaConfig) -> Result<BaseConsumer> {
     .set("statistics.interval.ms", "0")
     .set("fetch.wait.max.ms", "500");
     apply_options(&mut c, cfg);
-    Ok(c.create()?)
+    Ok(c.create_with_context(TableContext)?)
 }
 
 /// A consumer that follows topics from their current end, for readers that only want what

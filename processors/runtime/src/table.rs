@@ -210,7 +210,9 @@ struct Raw {
 
 /// Polls up to 500 records (waiting at most 200 ms for the first) off the async threads.
 /// Up to 500 records, and the partitions whose end was reached (end-of-partition events).
-async fn poll_batch(consumer: &Arc<BaseConsumer>) -> Result<(Vec<Raw>, Vec<i32>)> {
+async fn poll_batch(
+    consumer: &Arc<BaseConsumer<crate::kafka::TableContext>>,
+) -> Result<(Vec<Raw>, Vec<i32>)> {
     let c = consumer.clone();
     tokio::task::spawn_blocking(move || -> Result<(Vec<Raw>, Vec<i32>)> {
         let mut out = Vec::new();
