@@ -17,19 +17,36 @@
 //! * `SMS`: not implemented (no gateway reachable here): dead-lettered
 //!   (`unsupported_channel`) so that they are visible and replayable, never silently dropped.
 //!
+//! ## Lanes: one failing channel never stalls the others
+//! `WEBHOOK` and `EMAIL` notifications are handed to a **delivery lane** per channel (a task
+//! with a bounded queue, `lane_capacity`); `LOG` ones and those rejected up front (no endpoint
+//! configured, not an address, `SMS`) are finished at once. A webhook endpoint that is down
+//! therefore delays only the webhook lane: log and e-mail notifications of every partition
+//! keep flowing. A lane that gave up on a notification (its retry budget spent) is
+//! **degraded**: the next ones get one attempt each until one is delivered, so an endpoint
+//! that stays down costs one attempt per notification, not the whole budget. Only when a lane
+//! is `lane_capacity` notifications behind does the run loop wait for it (backpressure).
+//! Notifications of one channel are delivered in the order they were read, so the
+//! notifications of one recipient stay in order.
+//!
 //! ## Delivery guarantee
-//! At least once. The offset of a notification is stored only after it was delivered or its
-//! dead letter acknowledged (the run loop of `fleet-runtime`); a crash re-delivers with the same
-//! idempotency key. Notifications of one recipient are delivered in order (one partition, one
-//! at a time), so a failing endpoint delays that partition by at most the retry budget.
+//! At least once. A notification's offset is held ([`Processor::hold`]) until its lane
+//! delivered it or its dead letter (with the notification's bytes) was acknowledged by Kafka;
+//! a crash or a rebalance re-delivers from the oldest held offset with the same idempotency
+//! key (`Idempotency-Key` header, e-mail `Message-ID`), so receivers can de-duplicate.
 
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_runtime::metrics::Metrics;
 use fleet_runtime::{Input, Outputs, ProcessError, Processor};
 use fleet_schemas::{Channel, Notification, Severity};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 fleet_runtime::config_section! {
     /// notifier settings.
@@ -54,10 +71,16 @@ fleet_runtime::config_section! {
         /// Longest retry delay.
         #[serde(with = "humantime_serde")]
         pub retry_max: Duration = Duration::from_secs(5),
+        /// Notifications a delivery lane (webhook, e-mail) may have queued before the run
+        /// loop waits for it.
+        pub lane_capacity: usize = 10_000,
     }
     validate(c) {
         if c.attempts == 0 {
             return Err(fleet_runtime::Error::Config("app.attempts must be at least 1".into()));
+        }
+        if c.lane_capacity == 0 {
+            return Err(fleet_runtime::Error::Config("app.lane_capacity must be at least 1".into()));
         }
         let url = &c.webhook_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
@@ -132,9 +155,10 @@ impl<'a> WebhookBody<'a> {
     }
 }
 
-/// The notifier.
+/// Delivers one notification to its channel, with retries (no Kafka: the lanes and the tests
+/// call it).
 #[derive(Debug)]
-pub struct Notifier {
+pub struct Deliverer {
     http: reqwest::Client,
     cfg: NotifierConfig,
     webhook_ok: Counter,
@@ -143,8 +167,8 @@ pub struct Notifier {
     retries: Counter,
 }
 
-impl Notifier {
-    /// A notifier with its HTTP client.
+impl Deliverer {
+    /// A deliverer with its HTTP client.
     pub fn new(cfg: &NotifierConfig, metrics: &Metrics) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(cfg.webhook_timeout)
@@ -159,25 +183,67 @@ impl Notifier {
         })
     }
 
-    async fn email(&self, n: &Notification) -> Result<(), ProcessError> {
-        let Some(addr) = self
-            .cfg
+    /// Delivers `n` with up to `app.attempts` attempts: `Ok` once delivered, else the dead
+    /// letter.
+    pub async fn deliver(&self, n: &Notification) -> Result<(), ProcessError> {
+        self.deliver_with(n, self.cfg.attempts).await
+    }
+
+    /// Delivers `n` with at most `attempts` attempts (at least one).
+    pub async fn deliver_with(&self, n: &Notification, attempts: u32) -> Result<(), ProcessError> {
+        self.check(n)?;
+        match n.channel {
+            Channel::Webhook => self.webhook(n, attempts.max(1)).await,
+            Channel::Email => self.email(n, attempts.max(1)).await,
+            Channel::Log => {
+                tracing::info!(recipient = %n.recipient, vehicle = %n.vehicle_id, severity = ?n.severity, subject = %n.subject, body = %n.body, "notification");
+                self.log_ok.inc();
+                Ok(())
+            }
+            // `check` refused it.
+            Channel::Sms => Ok(()),
+        }
+    }
+
+    /// What is known to fail without trying: no endpoint for the channel, a recipient that is
+    /// not an address, a channel we do not implement.
+    pub fn check(&self, n: &Notification) -> Result<(), ProcessError> {
+        match n.channel {
+            Channel::Webhook if self.cfg.webhook_url.is_empty() => Err(ProcessError::poison(
+                "no_webhook_configured",
+                "app.webhook_url is empty",
+            )),
+            Channel::Email if self.smtp_addr().is_none() => Err(ProcessError::poison(
+                "no_smtp_configured",
+                "app.smtp_url is empty",
+            )),
+            Channel::Email if !valid_address(&n.recipient) => Err(ProcessError::poison(
+                "invalid_recipient",
+                format!("{:?} is not an e-mail address", n.recipient),
+            )),
+            Channel::Sms => Err(ProcessError::poison(
+                "unsupported_channel",
+                format!("channel {:?} is not implemented", n.channel),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn smtp_addr(&self) -> Option<&str> {
+        self.cfg
             .smtp_url
             .strip_prefix("smtp://")
+            .map(|a| a.trim_end_matches('/'))
             .filter(|a| !a.is_empty())
-        else {
+    }
+
+    async fn email(&self, n: &Notification, attempts: u32) -> Result<(), ProcessError> {
+        let Some(addr) = self.smtp_addr() else {
             return Err(ProcessError::poison(
                 "no_smtp_configured",
                 "app.smtp_url is empty",
             ));
         };
-        if !valid_address(&n.recipient) {
-            return Err(ProcessError::poison(
-                "invalid_recipient",
-                format!("{:?} is not an e-mail address", n.recipient),
-            ));
-        }
-        let addr = addr.trim_end_matches('/');
         let mail = smtp::Mail {
             from: &self.cfg.smtp_from,
             to: &n.recipient,
@@ -185,7 +251,7 @@ impl Notifier {
             body: &n.body,
             id: &n.event_id,
         };
-        self.with_retries(n, "e-mail", "email_failed", addr, || async {
+        self.with_retries(n, attempts, "e-mail", "email_failed", addr, || async {
             match smtp::send(addr, &mail, self.cfg.webhook_timeout).await {
                 Ok(()) => Attempt::Delivered,
                 Err(smtp::SmtpError::Permanent(m)) => {
@@ -199,15 +265,9 @@ impl Notifier {
         Ok(())
     }
 
-    async fn webhook(&self, n: &Notification) -> Result<(), ProcessError> {
-        if self.cfg.webhook_url.is_empty() {
-            return Err(ProcessError::poison(
-                "no_webhook_configured",
-                "app.webhook_url is empty",
-            ));
-        }
+    async fn webhook(&self, n: &Notification, attempts: u32) -> Result<(), ProcessError> {
         let url = &self.cfg.webhook_url;
-        self.with_retries(n, "webhook", "webhook_failed", url, || async {
+        self.with_retries(n, attempts, "webhook", "webhook_failed", url, || async {
             let sent = self
                 .http
                 .post(url)
@@ -240,12 +300,13 @@ impl Notifier {
         Ok(())
     }
 
-    /// Runs `attempt` up to `app.attempts` times with capped exponential backoff between
+    /// Runs `attempt` up to `attempts` times with capped exponential backoff between
     /// retryable failures. `Ok` once delivered; a rejection is returned at once; after the
     /// last retryable failure, the dead letter `failed` naming `target` and the last error.
     async fn with_retries<F, Fut>(
         &self,
         n: &Notification,
+        attempts: u32,
         channel: &str,
         failed: &'static str,
         target: &str,
@@ -257,13 +318,13 @@ impl Notifier {
     {
         let mut delay = self.cfg.retry_initial;
         let mut last = String::new();
-        for i in 1..=self.cfg.attempts {
+        for i in 1..=attempts {
             match attempt().await {
                 Attempt::Delivered => return Ok(()),
                 Attempt::Reject(e) => return Err(e),
                 Attempt::Retry(m) => last = m,
             }
-            if i < self.cfg.attempts {
+            if i < attempts {
                 self.retries.inc();
                 tracing::warn!(notification = %n.event_id, attempt = i, error = %last, "{channel} delivery failed; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
@@ -272,10 +333,7 @@ impl Notifier {
         }
         Err(ProcessError::poison(
             failed,
-            format!(
-                "{} attempts to {target} failed; last: {last}",
-                self.cfg.attempts
-            ),
+            format!("{attempts} attempts to {target} failed; last: {last}"),
         ))
     }
 }
@@ -290,6 +348,241 @@ enum Attempt {
     Reject(ProcessError),
 }
 
+/// A notification a lane gave up on, for the dead-letter sink.
+#[derive(Debug)]
+pub struct Failed {
+    /// The notification.
+    pub notification: Notification,
+    /// Where it was read.
+    pub source: Source,
+    /// Dead-letter reason (`webhook_failed`, ...).
+    pub reason: &'static str,
+    /// What happened.
+    pub detail: String,
+}
+
+/// Kafka coordinates of a notification handed to a lane.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Kafka timestamp, ms.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Where lanes send what they gave up on; resolves once the dead letter is durable (an error
+/// is retried by the lane, with backoff, until it succeeds: the offset stays held meanwhile).
+pub type DeadLetterSink =
+    Arc<dyn Fn(Failed) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// The dead-letter sink of a running binary: the notification re-encoded with the registry
+/// (same schema, so a replay to the input topic is processed like the original), sent to the
+/// runtime's dead-letter topic and acknowledged.
+pub fn runtime_dead_letters(
+    rt: fleet_runtime::Runtime,
+    encoder: fleet_schemas::Encoder<Notification>,
+) -> DeadLetterSink {
+    let encoder = Arc::new(encoder);
+    Arc::new(move |f: Failed| {
+        let (rt, encoder) = (rt.clone(), encoder.clone());
+        Box::pin(async move {
+            let mut bytes = Vec::new();
+            encoder
+                .encode_into(&f.notification, &mut bytes)
+                .map_err(|e| e.to_string())?;
+            let src = fleet_runtime::runner::KafkaSource {
+                topic: &f.source.topic,
+                partition: f.source.partition,
+                offset: f.source.offset,
+                key: f.source.key.as_deref(),
+                payload: Some(&bytes),
+                timestamp_ms: f.source.timestamp_ms,
+            };
+            let dl =
+                fleet_runtime::runner::kafka_dead_letter(rt.component, src, f.reason, &f.detail);
+            rt.dead_letter(&dl).await.map_err(|e| e.to_string())?;
+            rt.metrics.dead_letters(f.reason).inc();
+            tracing::warn!(reason = f.reason, detail = %f.detail, topic = %f.source.topic, partition = f.source.partition, offset = f.source.offset, "notification dead-lettered");
+            Ok(())
+        })
+    })
+}
+
+/// Offsets handed to lanes and not finished yet, per (topic, partition): offset -> how many
+/// copies (a rebalance can hand the same offset over again while the first is queued).
+type Pending = Arc<Mutex<HashMap<Arc<str>, HashMap<i32, BTreeMap<i64, u32>>>>>;
+
+fn pending_add(pending: &Pending, s: &Source) {
+    let mut p = pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *p.entry(s.topic.clone())
+        .or_default()
+        .entry(s.partition)
+        .or_default()
+        .entry(s.offset)
+        .or_default() += 1;
+}
+
+fn pending_done(pending: &Pending, s: &Source) {
+    let mut p = pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(offsets) = p.get_mut(&*s.topic).and_then(|t| t.get_mut(&s.partition))
+        && let Some(n) = offsets.get_mut(&s.offset)
+    {
+        *n -= 1;
+        if *n == 0 {
+            offsets.remove(&s.offset);
+        }
+    }
+}
+
+struct Job {
+    notification: Notification,
+    source: Source,
+}
+
+/// One delivery lane: a task delivering its channel's notifications in order.
+#[derive(Debug)]
+struct Lane {
+    tx: mpsc::Sender<Job>,
+    queued: Gauge,
+}
+
+impl Lane {
+    fn start(
+        name: &'static str,
+        deliverer: Arc<Deliverer>,
+        pending: Pending,
+        sink: DeadLetterSink,
+        metrics: &Metrics,
+    ) -> Self {
+        let cfg = deliverer.cfg.clone();
+        let (tx, mut rx) = mpsc::channel::<Job>(cfg.lane_capacity);
+        let queued = metrics.queued(name);
+        let gauge = queued.clone();
+        tokio::spawn(async move {
+            let mut degraded = false;
+            while let Some(job) = rx.recv().await {
+                let attempts = if degraded { 1 } else { cfg.attempts };
+                let failed = match deliverer.deliver_with(&job.notification, attempts).await {
+                    Ok(()) => {
+                        if degraded {
+                            tracing::info!(
+                                lane = name,
+                                "delivering again: lane no longer degraded"
+                            );
+                        }
+                        degraded = false;
+                        None
+                    }
+                    Err(ProcessError::Poison { reason, detail }) => {
+                        if reason.ends_with("_failed") && !degraded {
+                            degraded = true;
+                            tracing::warn!(
+                                lane = name,
+                                "retry budget spent: one attempt per notification until one is delivered"
+                            );
+                        }
+                        Some((reason, detail))
+                    }
+                    Err(e) => Some(("delivery_error", e.to_string())),
+                };
+                if let Some((reason, detail)) = failed {
+                    let mut delay = cfg.retry_initial;
+                    loop {
+                        let f = Failed {
+                            notification: job.notification.clone(),
+                            source: job.source.clone(),
+                            reason,
+                            detail: detail.clone(),
+                        };
+                        match sink(f).await {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tracing::warn!(lane = name, error = %e, "dead letter not written; retrying in {delay:?}");
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(cfg.retry_max);
+                            }
+                        }
+                    }
+                }
+                pending_done(&pending, &job.source);
+                gauge.dec();
+            }
+        });
+        Self { tx, queued }
+    }
+}
+
+/// The notifier: the run loop's processor, with a delivery lane per slow channel.
+#[derive(Debug)]
+pub struct Notifier {
+    deliverer: Arc<Deliverer>,
+    webhook: Lane,
+    email: Lane,
+    pending: Pending,
+    topics: HashMap<String, Arc<str>>,
+}
+
+impl Notifier {
+    /// A notifier whose lanes send what they give up on to `sink`. Spawns the lanes: call
+    /// it inside a Tokio runtime.
+    pub fn new(
+        cfg: &NotifierConfig,
+        metrics: &Metrics,
+        sink: DeadLetterSink,
+    ) -> Result<Self, reqwest::Error> {
+        let deliverer = Arc::new(Deliverer::new(cfg, metrics)?);
+        let pending = Pending::default();
+        let lane = |name| {
+            Lane::start(
+                name,
+                deliverer.clone(),
+                pending.clone(),
+                sink.clone(),
+                metrics,
+            )
+        };
+        Ok(Self {
+            webhook: lane("webhook"),
+            email: lane("email"),
+            deliverer,
+            pending,
+            topics: HashMap::new(),
+        })
+    }
+
+    /// Notifications handed to lanes and not finished yet.
+    pub fn pending(&self) -> usize {
+        let p = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.values()
+            .flat_map(HashMap::values)
+            .flat_map(BTreeMap::values)
+            .map(|n| *n as usize)
+            .sum()
+    }
+
+    fn topic(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.topics.get(topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        self.topics.insert(topic.to_owned(), t.clone());
+        t
+    }
+}
+
 impl Processor for Notifier {
     type Input = Notification;
 
@@ -299,18 +592,56 @@ impl Processor for Notifier {
         _out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let n = &input.record;
-        match n.channel {
-            Channel::Webhook => self.webhook(n).await,
-            Channel::Log => {
-                tracing::info!(recipient = %n.recipient, vehicle = %n.vehicle_id, severity = ?n.severity, subject = %n.subject, body = %n.body, "notification");
-                self.log_ok.inc();
-                Ok(())
+        let lane = match n.channel {
+            Channel::Webhook => &self.webhook,
+            Channel::Email => &self.email,
+            Channel::Log | Channel::Sms => return self.deliverer.deliver(n).await,
+        };
+        // Known failures are dead-lettered by the run loop with the original bytes.
+        self.deliverer.check(n)?;
+        let (tx, queued) = (lane.tx.clone(), lane.queued.clone());
+        let source = Source {
+            topic: self.topic(input.topic),
+            partition: input.partition,
+            offset: input.offset,
+            key: input.key.map(<[u8]>::to_vec),
+            timestamp_ms: input.timestamp_ms,
+        };
+        pending_add(&self.pending, &source);
+        queued.inc();
+        let job = Job {
+            notification: n.clone(),
+            source: source.clone(),
+        };
+        if tx.send(job).await.is_err() {
+            pending_done(&self.pending, &source);
+            queued.dec();
+            return Err(ProcessError::Fatal("a delivery lane stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn hold(&self, topic: &str, partition: i32) -> Option<i64> {
+        let p = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.get(topic)
+            .and_then(|t| t.get(&partition))
+            .and_then(|o| o.keys().next().copied())
+    }
+
+    fn on_revoke(&mut self, partitions: &[(String, i32)]) {
+        // Queued notifications of revoked partitions are still delivered (the new owner
+        // re-delivers them too, with the same idempotency key); their holds no longer matter.
+        let mut p = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (topic, partition) in partitions {
+            if let Some(t) = p.get_mut(topic.as_str()) {
+                t.remove(partition);
             }
-            Channel::Email => self.email(n).await,
-            Channel::Sms => Err(ProcessError::poison(
-                "unsupported_channel",
-                format!("channel {:?} is not implemented", n.channel),
-            )),
         }
     }
 }

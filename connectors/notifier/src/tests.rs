@@ -50,7 +50,7 @@ async fn server(script: Vec<u16>) -> (String, Seen) {
     (format!("http://{addr}/hook"), seen)
 }
 
-fn notifier(url: &str) -> Notifier {
+fn notifier(url: &str) -> Deliverer {
     let cfg = NotifierConfig {
         webhook_url: url.to_owned(),
         attempts: 4,
@@ -58,7 +58,7 @@ fn notifier(url: &str) -> Notifier {
         retry_max: Duration::from_millis(40),
         ..Default::default()
     };
-    Notifier::new(&cfg, &Metrics::new("test")).expect("client")
+    Deliverer::new(&cfg, &Metrics::new("test")).expect("client")
 }
 
 fn notification(channel: Channel) -> Notification {
@@ -78,16 +78,8 @@ fn notification(channel: Channel) -> Notification {
     }
 }
 
-async fn deliver(n: &mut Notifier, record: Notification) -> Result<(), ProcessError> {
-    let input = Input {
-        record,
-        topic: "fleet.notifications",
-        partition: 0,
-        offset: 0,
-        key: None,
-        timestamp_ms: None,
-    };
-    n.process(&input, &mut Outputs::new()).await
+async fn deliver(n: &mut Deliverer, record: Notification) -> Result<(), ProcessError> {
+    n.deliver(&record).await
 }
 
 fn poison_reason(r: Result<(), ProcessError>) -> &'static str {
@@ -261,7 +253,7 @@ impl Drop for SmtpServer {
     }
 }
 
-fn mailer(smtp_url: &str) -> Notifier {
+fn mailer(smtp_url: &str) -> Deliverer {
     let cfg = NotifierConfig {
         smtp_url: smtp_url.to_owned(),
         smtp_from: "alerts@fleet.example".into(),
@@ -270,7 +262,7 @@ fn mailer(smtp_url: &str) -> Notifier {
         retry_max: Duration::from_millis(40),
         ..Default::default()
     };
-    Notifier::new(&cfg, &Metrics::new("test")).expect("client")
+    Deliverer::new(&cfg, &Metrics::new("test")).expect("client")
 }
 
 fn email_to(recipient: &str) -> Notification {
@@ -331,4 +323,159 @@ async fn email_rejections_and_bad_addresses_are_dead_lettered() {
         poison_reason(deliver(&mut unconfigured, email_to("ops@acme.example")).await),
         "no_smtp_configured"
     );
+}
+
+// ---- lanes: the processor ----
+
+/// What the sink received; its first `fail` calls fail (Kafka unavailable).
+#[derive(Clone, Default)]
+struct Sink {
+    got: Arc<Mutex<Vec<Failed>>>,
+    fail: Arc<Mutex<u32>>,
+}
+
+impl Sink {
+    fn failing(n: u32) -> Self {
+        let s = Self::default();
+        *s.fail.lock().expect("lock") = n;
+        s
+    }
+
+    fn sink(&self) -> DeadLetterSink {
+        let s = self.clone();
+        Arc::new(move |f: Failed| {
+            let s = s.clone();
+            Box::pin(async move {
+                {
+                    let mut fail = s.fail.lock().expect("lock");
+                    if *fail > 0 {
+                        *fail -= 1;
+                        return Err("broker unavailable".to_owned());
+                    }
+                }
+                s.got.lock().expect("lock").push(f);
+                Ok(())
+            })
+        })
+    }
+
+    fn reasons(&self) -> Vec<(&'static str, i64)> {
+        let got = self.got.lock().expect("lock");
+        got.iter().map(|f| (f.reason, f.source.offset)).collect()
+    }
+}
+
+async fn process(n: &mut Notifier, record: Notification, partition: i32, offset: i64) {
+    let input = Input {
+        record,
+        topic: "fleet.notifications",
+        partition,
+        offset,
+        key: Some(b"owner:VEH-1"),
+        timestamp_ms: Some(1_000),
+    };
+    n.process(&input, &mut Outputs::new())
+        .await
+        .expect("accepted");
+}
+
+/// Waits until `cond` holds (a liveness bound, not a performance threshold).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not after 30 s: {what}");
+}
+
+#[tokio::test]
+async fn a_hanging_webhook_stalls_neither_log_nor_email_nor_other_partitions() {
+    // An endpoint that accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook = format!("http://{}/hook", hang.local_addr().expect("addr"));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = hang.accept().await {
+            h.lock().expect("lock").push(s);
+        }
+    });
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let cfg = NotifierConfig {
+        webhook_url: hook,
+        webhook_timeout: Duration::from_secs(3600),
+        smtp_url: format!("smtp://127.0.0.1:{closed}"),
+        attempts: 2,
+        retry_initial: Duration::from_millis(10),
+        retry_max: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let sink = Sink::default();
+    let mut n = Notifier::new(&cfg, &Metrics::new("test"), sink.sink()).expect("notifier");
+
+    process(&mut n, notification(Channel::Webhook), 0, 10).await;
+    eventually("the webhook request is on the wire", || {
+        !held.lock().expect("lock").is_empty()
+    })
+    .await;
+    // Behind it, on the same and on another partition: log is done at once, e-mail in its own
+    // lane (to a relay that refuses: dead-lettered after its budget).
+    process(&mut n, notification(Channel::Log), 0, 11).await;
+    process(&mut n, notification(Channel::Log), 1, 5).await;
+    process(&mut n, email_to("ops@acme.example"), 1, 6).await;
+    eventually("the e-mail is dead-lettered", || {
+        sink.reasons() == vec![("email_failed", 6)]
+    })
+    .await;
+    let got = sink.got.lock().expect("lock");
+    assert_eq!(got[0].source.partition, 1);
+    assert_eq!(got[0].source.key.as_deref(), Some(&b"owner:VEH-1"[..]));
+    assert_eq!(got[0].notification.recipient, "ops@acme.example");
+    drop(got);
+
+    // The webhook is still waiting: its offset holds partition 0, partition 1 is free.
+    assert_eq!(n.pending(), 1);
+    assert_eq!(n.hold("fleet.notifications", 0), Some(10));
+    assert_eq!(n.hold("fleet.notifications", 1), None);
+    // A rebalance that takes partition 0 away releases its hold.
+    n.on_revoke(&[("fleet.notifications".to_owned(), 0)]);
+    assert_eq!(n.hold("fleet.notifications", 0), None);
+}
+
+#[tokio::test]
+async fn a_lane_that_gave_up_tries_once_per_notification_until_one_is_delivered() {
+    // 1st: 3 attempts, all 500 -> degraded; 2nd: 1 attempt (500); 3rd: 1 attempt (200) ->
+    // healthy; 4th: 3 attempts again, all 500.
+    let (url, seen) = server(vec![500, 500, 500, 500, 200, 500, 500, 500]).await;
+    let cfg = NotifierConfig {
+        webhook_url: url,
+        attempts: 3,
+        retry_initial: Duration::from_millis(10),
+        retry_max: Duration::from_millis(20),
+        ..Default::default()
+    };
+    // The first dead letter fails twice (Kafka down): retried, the offset stays held.
+    let sink = Sink::failing(2);
+    let mut n = Notifier::new(&cfg, &Metrics::new("test"), sink.sink()).expect("notifier");
+    for offset in 0..4 {
+        process(&mut n, notification(Channel::Webhook), 0, offset).await;
+    }
+    eventually("every notification finished", || n.pending() == 0).await;
+    assert_eq!(seen.lock().expect("lock").len(), 8);
+    assert_eq!(
+        sink.reasons(),
+        vec![
+            ("webhook_failed", 0),
+            ("webhook_failed", 1),
+            ("webhook_failed", 3)
+        ]
+    );
+    assert_eq!(n.hold("fleet.notifications", 0), None);
 }

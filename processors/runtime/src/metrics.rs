@@ -9,6 +9,7 @@
 //! | `fleet_processor_outputs_total` | component, topic | records produced and acknowledged |
 //! | `fleet_processor_retries_total` | component, stage | transient failures retried (`decode`, `process`, `produce`) |
 //! | `fleet_processor_in_flight_records` | component | inputs whose outputs await acknowledgement |
+//! | `fleet_processor_queued_records` | component, stage | inputs accepted but not finished by an asynchronous stage (the notifier's delivery lanes) |
 //! | `fleet_consumer_lag_records` | component, topic, partition | **committed lag**: high watermark minus the group's committed offset (what `kafka-consumer-groups --describe`, Burrow or KEDA show); with no committed offset yet, minus the low watermark |
 //! | `fleet_consumer_fetch_lag_records` | component, topic, partition | fetch lag: high watermark minus the offset of the next record handed to the run loop (how far reading trails; the committed lag can trail further on purpose, e.g. held for open windows) |
 //! | `fleet_processor_reprocessed_records_total` | component, topic | inputs at or below a partition's offset already processed by an earlier run (read from the commit metadata): the cost of a restart; 0 after a clean drain |
@@ -52,6 +53,7 @@ pub struct Metrics {
     outputs: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     in_flight: Family<Labels, Gauge>,
+    queued: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
     fetch_lag: Family<Labels, Gauge>,
     reprocessed: Family<Labels, Counter>,
@@ -70,6 +72,7 @@ impl Metrics {
         let outputs = Family::<Labels, Counter>::default();
         let retries = Family::<Labels, Counter>::default();
         let in_flight = Family::<Labels, Gauge>::default();
+        let queued = Family::<Labels, Gauge>::default();
         let lag = Family::<Labels, Gauge>::default();
         let fetch_lag = Family::<Labels, Gauge>::default();
         let reprocessed = Family::<Labels, Counter>::default();
@@ -104,6 +107,11 @@ impl Metrics {
             in_flight.clone(),
         );
         registry.register(
+            "fleet_processor_queued_records",
+            "Inputs accepted but not finished by an asynchronous stage, by stage",
+            queued.clone(),
+        );
+        registry.register(
             "fleet_consumer_lag_records",
             "Committed lag per partition: high watermark minus the committed offset",
             lag.clone(),
@@ -136,6 +144,7 @@ impl Metrics {
             outputs,
             retries,
             in_flight,
+            queued,
             lag,
             fetch_lag,
             reprocessed,
@@ -183,6 +192,13 @@ impl Metrics {
     /// Gauge of in-flight inputs.
     pub fn in_flight(&self) -> Gauge {
         self.in_flight.get_or_create(&self.labels(&[])).clone()
+    }
+
+    /// Gauge of inputs queued in the asynchronous stage `stage`.
+    pub fn queued(&self, stage: &str) -> Gauge {
+        self.queued
+            .get_or_create(&self.labels(&[("stage", stage)]))
+            .clone()
     }
 
     /// Sets the committed-lag gauge of one partition.
