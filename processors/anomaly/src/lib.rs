@@ -31,6 +31,14 @@
 //!   alerts by id): downstream de-duplicates by `event_id` (the emergency processor records an
 //!   incident once per id; the notifier's idempotency key is the notification id).
 //!
+//! ## Bounded state
+//! A vehicle silent for `forget_after` (default 24 h, longer than `offline_after`, so it was
+//! reported offline first) is forgotten: its rules leave memory and the snapshots, and it
+//! starts afresh if it reports again (its old `offline` episode is then not CLEARED). Vehicles
+//! without a profile are capped per partition (`max_unprofiled_vehicles`): readings of further
+//! unknown ids are dead-lettered (`vehicle_limit`), so a client inventing ids cannot grow the
+//! state without bound; vehicles with a profile are always admitted (operators create those).
+//!
 //! ## Rules and profiles
 //! See [`fleet_domain::rules`] for each rule's raise/clear conditions. Profiles are published
 //! with `fleetctl profiles load FILE`; a profile that does not validate goes to the dead-letter
@@ -107,6 +115,16 @@ fleet_runtime::config_section! {
         /// Route deviation and abnormal speed this close in time escalate to a critical emergency.
         #[serde(with = "humantime_serde")]
         pub correlation_window: Duration = Duration::from_secs(300),
+        /// A vehicle with no reading for this long (event time, against its partition's
+        /// watermark) is forgotten: its rule state leaves memory and snapshots (it starts
+        /// afresh if it reports again). Bounds the state of fleets whose vehicles come and go.
+        #[serde(with = "humantime_serde")]
+        pub forget_after: Duration = Duration::from_secs(24 * 3600),
+        /// Most vehicles without a profile one partition keeps rule state for. Readings of
+        /// further unprofiled vehicles are dead-lettered (`vehicle_limit`) until some are
+        /// forgotten; vehicles with a profile are always admitted. Bounds the memory a client
+        /// inventing vehicle ids (a dispatch token may report for any vehicle) can take.
+        pub max_unprofiled_vehicles: usize = 100_000,
         /// Raised anomalies from this level notify the vehicle's owner: info, low, medium, high, critical or off.
         pub notify_from: String = "high".to_owned(),
         /// Owner recipient when the profile names none; `{vehicle_id}` is replaced.
@@ -120,6 +138,9 @@ fleet_runtime::config_section! {
         }
         if Channel::parse(&c.channel).is_none() {
             return Err(fleet_runtime::Error::Config(format!("app.channel {:?}: use log, webhook, email or sms", c.channel)));
+        }
+        if c.forget_after <= c.offline_after {
+            return Err(fleet_runtime::Error::Config(format!("app.forget_after ({:?}) must be longer than app.offline_after ({:?}): a vehicle is forgotten only after it was reported offline", c.forget_after, c.offline_after)));
         }
         c.thresholds().validate().map_err(|e| fleet_runtime::Error::Config(format!("app: {e}")))?;
         Ok(())
@@ -195,6 +216,9 @@ fn lookup(
 struct Snapshot {
     watermark: Option<Watermark>,
     vehicles: HashMap<String, VehicleRules>,
+    /// How many of `vehicles` have no profile (recounted on load and on every forget pass).
+    #[serde(skip)]
+    unprofiled: usize,
 }
 
 /// One input partition's state.
@@ -233,6 +257,7 @@ pub struct AnomalyProcessor<S> {
     alerts: Vec<Alert>,
     out_of_order: Counter,
     replays: Counter,
+    forgotten: Counter,
     raised: Counter,
 }
 
@@ -294,6 +319,7 @@ impl<S: StateStore> AnomalyProcessor<S> {
             alerts: Vec::new(),
             out_of_order: metrics.records(&cfg.input_topic, "out_of_order"),
             replays: metrics.records(&cfg.input_topic, "replay_skipped"),
+            forgotten: metrics.records(&cfg.input_topic, "vehicle_forgotten"),
             raised: metrics.records(&cfg.anomalies_topic, "raised"),
             cfg: cfg.clone(),
         }
@@ -318,6 +344,16 @@ impl<S: StateStore> AnomalyProcessor<S> {
                             "rule snapshot of partition {partition} does not decode: {e}"
                         ))
                     })?;
+                    state.unprofiled = state
+                        .vehicles
+                        .keys()
+                        .filter(|v| {
+                            Arc::ptr_eq(
+                                &lookup(&self.profiles, &self.default_profile, v),
+                                &self.default_profile,
+                            )
+                        })
+                        .count();
                     // The time the process was down is not silence: restart the idle clock.
                     if let Some(wm) = state.watermark.as_mut() {
                         wm.observe(i64::MIN, now_ms());
@@ -458,6 +494,8 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
             self.cfg.max_clock_skew.as_millis() as i64,
         );
         let entry = self.profile(&r.vehicle_id);
+        let profiled = !Arc::ptr_eq(&entry, &self.default_profile);
+        let max_unprofiled = self.cfg.max_unprofiled_vehicles;
         let mut alerts = std::mem::take(&mut self.alerts);
         alerts.clear();
         let part = self.part(input.partition, input.offset).await?;
@@ -485,7 +523,23 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
         };
         let rules = match part.state.vehicles.get_mut(r.vehicle_id.as_str()) {
             Some(rules) => rules,
-            None => part.state.vehicles.entry(r.vehicle_id.clone()).or_default(),
+            None => {
+                if profiled {
+                    // A vehicle with a profile: always admitted.
+                } else if part.state.unprofiled >= max_unprofiled {
+                    // (The alert buffer is dropped with this rare path.)
+                    return Err(ProcessError::poison(
+                        "vehicle_limit",
+                        format!(
+                            "partition {} already keeps {} vehicles without a profile (app.max_unprofiled_vehicles); {:?} has none",
+                            input.partition, part.state.unprofiled, r.vehicle_id
+                        ),
+                    ));
+                } else {
+                    part.state.unprofiled += 1;
+                }
+                part.state.vehicles.entry(r.vehicle_id.clone()).or_default()
+            }
         };
         let observed = rules.observe(&entry.profile, &obs, &mut alerts);
         self.alerts = alerts;
@@ -503,18 +557,36 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
     async fn on_tick(&mut self, now: i64, out: &mut Outputs) -> Result<(), ProcessError> {
         // Silence: every vehicle against its partition's watermark.
         let mut raised: Vec<(String, Arc<ProfileEntry>, Vec<Alert>)> = Vec::new();
+        let forget_after = self.cfg.forget_after.as_millis() as i64;
         for part in self.parts.values_mut() {
             let Some(wm) = part.state.watermark.as_mut().and_then(|w| w.current(now)) else {
                 continue;
             };
-            for (vehicle, rules) in part.state.vehicles.iter_mut() {
+            let (mut unprofiled, mut silenced) = (0, false);
+            let before = part.state.vehicles.len();
+            part.state.vehicles.retain(|vehicle, rules| {
                 let entry = lookup(&self.profiles, &self.default_profile, vehicle);
                 let mut alerts = Vec::new();
                 if rules.check_silence(&entry.profile, wm, &mut alerts) {
-                    part.dirty = true;
-                    raised.push((vehicle.clone(), entry, alerts));
+                    silenced = true;
+                    raised.push((vehicle.clone(), entry.clone(), alerts));
                 }
+                // Silent for `forget_after` (reported offline by now): forgotten.
+                if rules
+                    .last_event_time()
+                    .is_some_and(|t| t < wm.saturating_sub(forget_after))
+                {
+                    return false;
+                }
+                unprofiled += usize::from(Arc::ptr_eq(&entry, &self.default_profile));
+                true
+            });
+            let forgotten = before - part.state.vehicles.len();
+            if forgotten > 0 {
+                self.forgotten.inc_by(forgotten as u64);
             }
+            part.dirty |= silenced || forgotten > 0;
+            part.state.unprofiled = unprofiled;
         }
         for (vehicle, entry, alerts) in raised {
             self.alerts.clear();

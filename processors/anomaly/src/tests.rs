@@ -48,8 +48,16 @@ fn config() -> AnomalyConfig {
 }
 
 fn processor(store: Store, profiles: Table<ProfileEntry>) -> AnomalyProcessor<Store> {
+    processor_with(&config(), store, profiles)
+}
+
+fn processor_with(
+    cfg: &AnomalyConfig,
+    store: Store,
+    profiles: Table<ProfileEntry>,
+) -> AnomalyProcessor<Store> {
     AnomalyProcessor::new(
-        &config(),
+        cfg,
         "anomaly-test",
         store,
         profiles,
@@ -546,4 +554,127 @@ fn profiles_are_validated() {
     assert_eq!(e.profile.thresholds.speed_limit_kmh, d.speed_limit_kmh);
     assert_eq!(e.profile.thresholds.cargo_temp_max_c, d.cargo_temp_max_c);
     assert_eq!(e.customer_id.as_deref(), Some("acme"));
+}
+
+#[tokio::test]
+async fn a_million_invented_vehicle_ids_leave_the_state_bounded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = AnomalyConfig {
+        max_unprofiled_vehicles: 1_000,
+        ..config()
+    };
+    let profiles = Table::empty();
+    profiles.insert(
+        "VEH-3",
+        profile_entry(reefer_profile("VEH-3"), &cfg.thresholds()).expect("valid"),
+    );
+    let mut p = processor_with(&cfg, store(&dir).await, profiles);
+    let t0 = 7_000_000;
+    let mut refused = 0u32;
+    for i in 0..1_000_000i64 {
+        let input = Input {
+            record: reading(&format!("FAKE-{i}"), t0 + i, 30.0, 4.0),
+            topic: TOPIC,
+            partition: 0,
+            offset: i,
+            key: None,
+            timestamp_ms: None,
+        };
+        match p.process(&input, &mut Outputs::new()).await {
+            Ok(()) => {}
+            Err(ProcessError::Poison { reason, .. }) => {
+                assert_eq!(reason, "vehicle_limit");
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+        if i % 100_000 == 0 {
+            tick(&mut p, now_ms()).await;
+        }
+    }
+    assert_eq!(refused, 999_000);
+    // A vehicle with a profile is admitted over the cap.
+    feed(
+        &mut p,
+        0,
+        1_000_000,
+        reading("VEH-3", t0 + 1_000_000, 30.0, 4.0),
+    )
+    .await;
+    // Known vehicles keep reporting and are not refused.
+    feed(
+        &mut p,
+        0,
+        1_000_001,
+        reading("FAKE-7", t0 + 1_000_001, 30.0, 4.0),
+    )
+    .await;
+    tick(&mut p, now_ms()).await;
+    let part = &p.parts[&0];
+    assert_eq!(part.state.vehicles.len(), 1_001);
+    assert_eq!(part.state.unprofiled, 1_000);
+    let snapshot = serde_json::to_vec(&part.state).expect("json");
+    assert!(
+        snapshot.len() < 2_000_000,
+        "snapshot of 1,001 vehicles: {} bytes",
+        snapshot.len()
+    );
+}
+
+#[tokio::test]
+async fn silent_vehicles_are_reported_offline_then_forgotten() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = AnomalyConfig {
+        forget_after: Duration::from_secs(3600),
+        max_unprofiled_vehicles: 2,
+        ..config()
+    };
+    let mut p = processor_with(&cfg, store(&dir).await, Table::empty());
+    let t0 = now_ms() - 3 * 3_600_000;
+    feed(&mut p, 0, 0, reading("VEH-GONE", t0, 30.0, 4.0)).await;
+    feed(&mut p, 0, 1, reading("VEH-TALKER", t0 + 1_000, 30.0, 4.0)).await;
+    // The cap is reached: a third unknown vehicle is refused...
+    let input = Input {
+        record: reading("VEH-NEW", t0 + 2_000, 30.0, 4.0),
+        topic: TOPIC,
+        partition: 0,
+        offset: 2,
+        key: None,
+        timestamp_ms: None,
+    };
+    let r = p.process(&input, &mut Outputs::new()).await;
+    assert!(
+        matches!(
+            r,
+            Err(ProcessError::Poison {
+                reason: "vehicle_limit",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // Two hours later only the talker still reports.
+    feed(
+        &mut p,
+        0,
+        3,
+        reading("VEH-TALKER", t0 + 7_200_000, 30.0, 4.0),
+    )
+    .await;
+    let s = tick(&mut p, now_ms()).await;
+    let got: Vec<_> = s
+        .anomalies
+        .iter()
+        .map(|a| (a.vehicle_id.as_str(), a.kind, a.state))
+        .collect();
+    assert_eq!(
+        got,
+        [("VEH-GONE", AnomalyKind::Offline, AnomalyState::Raised)],
+        "reported offline in the tick that forgets it"
+    );
+    assert_eq!(p.parts[&0].state.vehicles.len(), 1);
+    // The forgotten one made room; when it reports again it starts afresh.
+    let back = feed(&mut p, 0, 4, reading("VEH-GONE", t0 + 7_202_000, 30.0, 4.0)).await;
+    assert!(back.anomalies.is_empty(), "no state left to clear");
+    assert_eq!(p.parts[&0].state.vehicles.len(), 2);
 }
