@@ -433,3 +433,141 @@ async fn local_lake_exactly_once_under_sigkill_with_evolution_sql_and_compaction
 async fn s3_lake_exactly_once_under_sigkill_with_evolution_sql_and_compaction() {
     exactly_once(true).await;
 }
+
+/// A TCP forwarder to the S3 endpoint that can refuse: while down, new connections are closed
+/// at once and open ones are cut.
+struct Switch {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Switch {
+    async fn start(target: String) -> Self {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (up, rx) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let (mut rx, target) = (rx.clone(), target.clone());
+                tokio::spawn(async move {
+                    if !*rx.borrow() {
+                        return;
+                    }
+                    let Ok(mut out) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// Everything: the outage test checks the lake is still short of it during the outage.
+fn want_before_outage(case: &Case) -> usize {
+    case.expected.len()
+}
+
+/// `fleet_buffered_bytes{stage="lake_commit"}` of the sink.
+async fn buffered(p: &Proc) -> f64 {
+    let (_, text) = p.get("/metrics").await.unwrap_or_default();
+    fleet_e2e::metric_sum(
+        &text
+            .lines()
+            .filter(|l| l.contains("lake_commit"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        "fleet_buffered_bytes",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lake_refusing_writes_pauses_the_sink_with_memory_bounded_and_loses_nothing() {
+    const LIMIT: usize = 256 << 10;
+    let mut case = Case::new(true).await;
+    let target = case
+        .s3
+        .endpoint
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let switch = Switch::start(target).await;
+    for (k, v) in &mut case.env {
+        if *k == "FLEET_S3_ENDPOINT" {
+            *v = format!("http://{}", switch.addr);
+        }
+    }
+    case.env
+        .push(("FLEET__APP__MAX_BUFFERED_BYTES", LIMIT.to_string()));
+    // The whole input is ~1 MB of Avro: far above the limit.
+    let (first, rest) = case.records.split_at(300);
+    testkit::populate_topic(&case.topic, first).await;
+    let p = Proc::start("lake-sink", &case.env);
+    assert!(wait_ready(&p).await, "lake-sink ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while case.read_back().await.len() < 250 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The lake refuses every request from now on.
+    switch.set(false);
+    testkit::populate_topic(&case.topic, rest).await;
+    let mut paused = String::new();
+    for _ in 0..120 {
+        if let Some((503, body)) = p.get("/health/ready").await
+            && body.contains("consumption paused")
+        {
+            paused = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        paused.contains("max_buffered_bytes"),
+        "not paused: {paused:?}"
+    );
+    // Stays paused while the lake refuses, holding about the limit (the whole input would
+    // be several times more).
+    let mut peak = 0.0f64;
+    for _ in 0..20 {
+        peak = peak.max(buffered(&p).await);
+        let ready = p.get("/health/ready").await.map(|(s, _)| s);
+        assert_eq!(ready, Some(503), "not ready while paused");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        peak <= (2 * LIMIT) as f64,
+        "held {peak} bytes with a limit of {LIMIT} while the lake refuses writes"
+    );
+    assert!(
+        case.read_back().await.len() < want_before_outage(&case),
+        "nothing was committed while the lake refused"
+    );
+
+    // The lake is back: everything lands exactly once and the sink is ready again.
+    switch.set(true);
+    let want = case.expected.len();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got = case.read_back().await;
+    while got.len() < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        got = case.read_back().await;
+    }
+    assert_eq!(got.len(), want, "every record in the lake");
+    assert!(got.values().all(|(n, _)| *n == 1), "exactly once");
+    assert!(
+        wait_ready(&p).await,
+        "ready again once the lake accepts commits"
+    );
+    let status = p.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}

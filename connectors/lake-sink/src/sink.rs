@@ -16,6 +16,13 @@
 //! dead-letter topic, acknowledged before the commit that passes their offset (at least once
 //! there, with ids derived from topic/partition/offset).
 //!
+//! ## Backpressure
+//! Rows wait in memory until their partition commits. When the lake refuses writes, commits
+//! fail and are retried every second; once the uncommitted bytes of all partitions pass
+//! `max_buffered_bytes`, the sink pauses its assigned partitions (it still serves the group
+//! protocol, so it keeps them), reports not ready (`/health/ready` 503 with the reason) and
+//! commits everything it holds on every tick; it resumes once under half the limit.
+//!
 //! One sink instance owns a partition at a time (Kafka consumer group). The writer is not
 //! fenced against a zombie instance that lost its partitions but is still committing; keep
 //! `kafka.session_timeout` above the time a commit takes.
@@ -70,6 +77,10 @@ fleet_runtime::config_section! {
         /// A partition is committed when it has more files open than this (late data spread
         /// over many hours).
         pub max_open_files: usize = 48,
+        /// Uncommitted bytes (open files and files whose upload failed, all partitions) above
+        /// which consumption pauses until commits bring it under half of this: while the
+        /// lake refuses writes, memory stays bounded instead of growing with the input.
+        pub max_buffered_bytes: usize = 1 << 30,
     }
     validate(c) {
         if c.topics.is_empty() {
@@ -77,6 +88,9 @@ fleet_runtime::config_section! {
         }
         if c.max_file_rows == 0 || c.max_file_bytes == 0 || c.row_group_rows == 0 {
             return Err(fleet_runtime::Error::Config("file limits must be positive".into()));
+        }
+        if c.max_buffered_bytes == 0 {
+            return Err(fleet_runtime::Error::Config("app.max_buffered_bytes must be positive".into()));
         }
         if c.max_file_bytes > (4usize << 30) {
             return Err(fleet_runtime::Error::Config(
@@ -137,6 +151,8 @@ struct Counters {
     bytes: Counter,
     commits: Counter,
     commit_failures: Counter,
+    pauses: Counter,
+    buffered: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// A Kafka partition the sink is writing.
@@ -156,6 +172,10 @@ pub struct Sink<'a> {
     plans: HashMap<(usize, u32), Result<Arc<Plan>, String>>,
     counters: Counters,
     summary: SinkSummary,
+    /// Consumption paused for backpressure.
+    paused: bool,
+    /// Messages since the buffered bytes were last summed.
+    since_check: u32,
 }
 
 impl std::fmt::Debug for Sink<'_> {
@@ -183,6 +203,8 @@ impl<'a> Sink<'a> {
             bytes: m.outputs("lake.bytes"),
             commits: m.records("lake", "commits"),
             commit_failures: m.retries("lake_commit"),
+            pauses: m.records("lake", "backpressure_pauses"),
+            buffered: m.buffered("lake_commit"),
         };
         tracing::info!(lake = lake.url(), ?topics, group = %rt.group_id(), "sinking");
         Ok(Self {
@@ -196,6 +218,8 @@ impl<'a> Sink<'a> {
             plans: HashMap::new(),
             counters,
             summary: SinkSummary::default(),
+            paused: false,
+            since_check: 0,
         })
     }
 
@@ -215,7 +239,11 @@ impl<'a> Sink<'a> {
                         self.on_revoke(&parts);
                     }
                 }
-                _ = tick.tick() => self.on_tick(false).await?,
+                _ = tick.tick() => {
+                    // Paused: everything held is committed as soon as the lake takes it.
+                    self.on_tick(self.paused).await?;
+                    self.backpressure();
+                }
                 msg = consumer.recv() => match msg {
                     Ok(m) => self.on_message(&m).await?,
                     Err(e) => tracing::warn!(error = %e, "consumer error"),
@@ -230,6 +258,51 @@ impl<'a> Sink<'a> {
         }
         tracing::info!(summary = ?self.summary, "lake-sink stopped");
         Ok(self.summary)
+    }
+
+    /// Uncommitted bytes held, all partitions.
+    fn buffered(&self) -> usize {
+        self.parts.values().map(|p| p.writer.buffered_bytes()).sum()
+    }
+
+    /// Pauses the assigned partitions while more than `max_buffered_bytes` wait for a commit;
+    /// resumes under half of it (see the module docs).
+    fn backpressure(&mut self) {
+        self.since_check = 0;
+        let (buffered, limit) = (self.buffered(), self.cfg.max_buffered_bytes);
+        self.counters
+            .buffered
+            .set(i64::try_from(buffered).unwrap_or(i64::MAX));
+        let assigned = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the assignment for backpressure");
+                return;
+            }
+        };
+        if buffered > limit || (self.paused && buffered > limit / 2) {
+            // Re-applied on every check: partitions assigned meanwhile are paused too.
+            if let Err(e) = self.consumer.pause(&assigned) {
+                tracing::warn!(error = %e, "pausing the consumer");
+            }
+            if !self.paused {
+                self.paused = true;
+                self.counters.pauses.inc();
+                let why = format!(
+                    "{buffered} bytes wait for a lake commit (over app.max_buffered_bytes = {limit}): consumption paused"
+                );
+                tracing::warn!("{why}");
+                self.rt.metrics.health.set_failing(Some(&why), now_ms());
+            }
+        } else if self.paused {
+            if let Err(e) = self.consumer.resume(&assigned) {
+                tracing::warn!(error = %e, "resuming the consumer");
+                return;
+            }
+            self.paused = false;
+            tracing::info!(buffered, "lake commits caught up: consumption resumed");
+            self.rt.metrics.health.set_failing(None, now_ms());
+        }
     }
 
     fn topic_index(&self, topic: &str) -> Option<usize> {
@@ -377,6 +450,10 @@ impl<'a> Sink<'a> {
             Ok(Some(Due::Size)) => self.commit(key).await?,
             Ok(_) => {}
             Err(e) => return self.reject(key, msg, "undecodable", &e.to_string()).await,
+        }
+        self.since_check += 1;
+        if self.since_check >= 256 {
+            self.backpressure();
         }
         Ok(())
     }

@@ -104,6 +104,8 @@ struct OpenFile {
     rows: Rows,
     writer: ArrowWriter<Vec<u8>>,
     written_rows: usize,
+    /// Avro bytes of the rows buffered but not encoded yet (an estimate of their memory).
+    raw_bytes: usize,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -124,12 +126,18 @@ impl OpenFile {
         self.writer.bytes_written() + self.writer.in_progress_size()
     }
 
+    /// Memory held: encoded Parquet plus the rows not encoded yet.
+    fn buffered(&self) -> usize {
+        self.bytes() + self.raw_bytes
+    }
+
     fn encode_buffered(&mut self) -> Result<()> {
         if !self.rows.is_empty() {
             let n = self.rows.len();
             let batch = self.rows.finish();
             self.writer.write(&batch)?;
             self.written_rows += n;
+            self.raw_bytes = 0;
         }
         Ok(())
     }
@@ -150,7 +158,8 @@ pub struct PartitionWriter {
     first_pending_ms: Option<i64>,
     /// A closed set of files whose publication failed: (last offset, files); published
     /// first by the next commit (every step is idempotent).
-    unpublished: Option<(i64, Vec<(String, Bytes)>)>,
+    /// (last offset, rows, files).
+    unpublished: Option<(i64, usize, Vec<(String, Bytes)>)>,
 }
 
 /// Why a partition wants a commit.
@@ -275,10 +284,12 @@ impl PartitionWriter {
                     rows: plan.rows(),
                     writer,
                     written_rows: 0,
+                    raw_bytes: 0,
                 })
             }
         };
         file.rows.append(datum, self.partition, offset)?;
+        file.raw_bytes += datum.len();
         self.last_offset = Some(offset);
         self.first_pending_ms.get_or_insert(now_ms);
         if file.rows.len() >= self.limits.batch_rows {
@@ -312,6 +323,16 @@ impl PartitionWriter {
         self.unpublished.is_some() || self.last_offset.is_some_and(|o| o >= self.next_offset)
     }
 
+    /// Bytes held in memory for the next commit: open files (encoded and not yet encoded
+    /// rows) and closed files whose publication failed.
+    pub fn buffered_bytes(&self) -> usize {
+        let unpublished: usize = self
+            .unpublished
+            .as_ref()
+            .map_or(0, |(_, _, files)| files.iter().map(|(_, b)| b.len()).sum());
+        unpublished + self.files.values().map(OpenFile::buffered).sum::<usize>()
+    }
+
     /// Rows buffered or encoded but not committed.
     pub fn pending_rows(&self) -> usize {
         self.files.values().map(OpenFile::total_rows).sum()
@@ -329,19 +350,22 @@ impl PartitionWriter {
             };
             // 1. close every file.
             let mut closed = Vec::with_capacity(self.files.len());
+            let mut rows = 0;
             for mut file in std::mem::take(&mut self.files).into_values() {
                 file.encode_buffered()?;
-                stats.rows += file.total_rows();
+                rows += file.total_rows();
                 let bytes = Bytes::from(file.writer.into_inner()?);
                 closed.push((file.rel, bytes));
             }
-            self.unpublished = Some((last, closed));
+            self.unpublished = Some((last, rows, closed));
             self.last_offset = None;
             self.first_pending_ms = None;
         }
-        let Some((last, closed)) = &self.unpublished else {
+        let Some((last, rows, closed)) = &self.unpublished else {
             unreachable!("set above")
         };
+        // Counted when published (a retry after a failed publication counts them then).
+        stats.rows = *rows;
         stats.files = closed.len();
         stats.bytes = closed.iter().map(|(_, b)| b.len()).sum();
         self.publish(lake, *last, closed).await?;

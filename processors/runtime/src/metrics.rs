@@ -10,6 +10,7 @@
 //! | `fleet_processor_retries_total` | component, stage | transient failures retried (`decode`, `process`, `produce`) |
 //! | `fleet_processor_in_flight_records` | component | inputs whose outputs await acknowledgement |
 //! | `fleet_processor_queued_records` | component, stage | inputs accepted but not finished by an asynchronous stage (the notifier's delivery lanes) |
+//! | `fleet_buffered_bytes` | component, stage | bytes held in memory for a stage (lake-sink: uncommitted Parquet and rows, stage `lake_commit`) |
 //! | `fleet_consumer_lag_records` | component, topic, partition | **committed lag**: high watermark minus the group's committed offset (what `kafka-consumer-groups --describe`, Burrow or KEDA show); with no committed offset yet, minus the low watermark |
 //! | `fleet_consumer_fetch_lag_records` | component, topic, partition | fetch lag: high watermark minus the offset of the next record handed to the run loop (how far reading trails; the committed lag can trail further on purpose, e.g. held for open windows) |
 //! | `fleet_processor_reprocessed_records_total` | component, topic | inputs at or below a partition's offset already processed by an earlier run (read from the commit metadata): the cost of a restart; 0 after a clean drain |
@@ -54,6 +55,7 @@ pub struct Metrics {
     retries: Family<Labels, Counter>,
     in_flight: Family<Labels, Gauge>,
     queued: Family<Labels, Gauge>,
+    buffered: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
     fetch_lag: Family<Labels, Gauge>,
     reprocessed: Family<Labels, Counter>,
@@ -73,6 +75,7 @@ impl Metrics {
         let retries = Family::<Labels, Counter>::default();
         let in_flight = Family::<Labels, Gauge>::default();
         let queued = Family::<Labels, Gauge>::default();
+        let buffered = Family::<Labels, Gauge>::default();
         let lag = Family::<Labels, Gauge>::default();
         let fetch_lag = Family::<Labels, Gauge>::default();
         let reprocessed = Family::<Labels, Counter>::default();
@@ -112,6 +115,11 @@ impl Metrics {
             queued.clone(),
         );
         registry.register(
+            "fleet_buffered_bytes",
+            "Bytes held in memory for a stage, by stage",
+            buffered.clone(),
+        );
+        registry.register(
             "fleet_consumer_lag_records",
             "Committed lag per partition: high watermark minus the committed offset",
             lag.clone(),
@@ -145,6 +153,7 @@ impl Metrics {
             retries,
             in_flight,
             queued,
+            buffered,
             lag,
             fetch_lag,
             reprocessed,
@@ -197,6 +206,13 @@ impl Metrics {
     /// Gauge of inputs queued in the asynchronous stage `stage`.
     pub fn queued(&self, stage: &str) -> Gauge {
         self.queued
+            .get_or_create(&self.labels(&[("stage", stage)]))
+            .clone()
+    }
+
+    /// Gauge of bytes held in memory for `stage`.
+    pub fn buffered(&self, stage: &str) -> Gauge {
+        self.buffered
             .get_or_create(&self.labels(&[("stage", stage)]))
             .clone()
     }
