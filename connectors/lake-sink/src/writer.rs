@@ -158,8 +158,18 @@ pub struct PartitionWriter {
     first_pending_ms: Option<i64>,
     /// A closed set of files whose publication failed: (last offset, files); published
     /// first by the next commit (every step is idempotent).
-    /// (last offset, rows, files).
-    unpublished: Option<(i64, usize, Vec<(String, Bytes)>)>,
+    unpublished: Option<Unpublished>,
+}
+
+/// Closed files whose publication has not succeeded yet.
+#[derive(Debug)]
+struct Unpublished {
+    /// Last input offset they cover.
+    last: i64,
+    /// Rows in them.
+    rows: usize,
+    /// (relative path, Parquet bytes).
+    files: Vec<(String, Bytes)>,
 }
 
 /// Why a partition wants a commit.
@@ -329,7 +339,7 @@ impl PartitionWriter {
         let unpublished: usize = self
             .unpublished
             .as_ref()
-            .map_or(0, |(_, _, files)| files.iter().map(|(_, b)| b.len()).sum());
+            .map_or(0, |u| u.files.iter().map(|(_, b)| b.len()).sum());
         unpublished + self.files.values().map(OpenFile::buffered).sum::<usize>()
     }
 
@@ -357,19 +367,23 @@ impl PartitionWriter {
                 let bytes = Bytes::from(file.writer.into_inner()?);
                 closed.push((file.rel, bytes));
             }
-            self.unpublished = Some((last, rows, closed));
+            self.unpublished = Some(Unpublished {
+                last,
+                rows,
+                files: closed,
+            });
             self.last_offset = None;
             self.first_pending_ms = None;
         }
-        let Some((last, rows, closed)) = &self.unpublished else {
+        let Some(u) = &self.unpublished else {
             unreachable!("set above")
         };
         // Counted when published (a retry after a failed publication counts them then).
-        stats.rows = *rows;
-        stats.files = closed.len();
-        stats.bytes = closed.iter().map(|(_, b)| b.len()).sum();
-        self.publish(lake, *last, closed).await?;
-        self.next_offset = last + 1;
+        stats.rows = u.rows;
+        stats.files = u.files.len();
+        stats.bytes = u.files.iter().map(|(_, b)| b.len()).sum();
+        self.publish(lake, u.last, &u.files).await?;
+        self.next_offset = u.last + 1;
         self.unpublished = None;
         Ok((self.next_offset, stats))
     }
