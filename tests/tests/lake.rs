@@ -571,3 +571,66 @@ async fn a_lake_refusing_writes_pauses_the_sink_with_memory_bounded_and_loses_no
     let status = p.terminate(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_sink_is_fenced_by_the_lake_and_writes_nothing() {
+    let case = Case::new(true).await;
+    let (first, rest) = case.records.split_at(case.records.len() / 2);
+    testkit::populate_topic(&case.topic, first).await;
+    // The zombie-to-be holds everything it reads (no commit before an hour or a million rows).
+    let mut zombie_env = case.env.clone();
+    zombie_env.extend([
+        ("FLEET__APP__COMMIT_INTERVAL", "1h".to_owned()),
+        ("FLEET__APP__MAX_FILE_ROWS", "1000000".to_owned()),
+    ]);
+    let mut zombie = Proc::start("lake-sink", &zombie_env);
+    assert!(wait_ready(&zombie).await, "first sink ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = zombie.get("/metrics").await.unwrap_or_default();
+        let fetched: f64 = fleet_e2e::metric_samples(&text, "fleet_buffered_bytes")
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+        if fetched > 0.0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // It stalls (a long GC pause, a frozen VM): the group gives its partitions to another
+    // instance, which claims them in the lake and commits everything.
+    zombie.signal("STOP");
+    let owner = Proc::start("lake-sink", &case.env);
+    testkit::populate_topic(&case.topic, rest).await;
+    let want = case.expected.len();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got = case.read_back().await;
+    while got.len() < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        got = case.read_back().await;
+    }
+    assert_eq!(got.len(), want, "the new owner committed everything");
+    // The zombie wakes up into a SIGTERM: its shutdown commits what it holds, which the lake
+    // refuses (fenced).
+    zombie.signal("TERM");
+    zombie.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while zombie.alive() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !zombie.alive(),
+        "the zombie exits after its shutdown commit"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = case.read_back().await;
+    let dups: Vec<_> = got.iter().filter(|(_, (n, _))| *n != 1).take(5).collect();
+    assert!(dups.is_empty(), "the zombie wrote duplicates: {dups:?}");
+    assert_eq!(got.len(), want, "the zombie removed nothing");
+    let status = owner.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let got = case.read_back().await;
+    assert_eq!(got.len(), want);
+    assert!(got.values().all(|(n, _)| *n == 1));
+}

@@ -8,7 +8,9 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 use url::Url;
 
 /// Errors of the lake's IO edge.
@@ -29,6 +31,10 @@ pub enum LakeError {
     /// Arrow failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A conditional write found the object changed by someone else: another sink instance
+    /// claimed the partition (this one is a zombie and must stop writing it).
+    #[error("{0}: changed by another writer (fenced)")]
+    Fenced(String),
     /// A bookkeeping object is not what this version writes.
     #[error("{0}: {1}")]
     Corrupt(String, String),
@@ -181,6 +187,61 @@ impl Lake {
             .put(&self.path(rel), PutPayload::from(bytes))
             .await?;
         Ok(())
+    }
+
+    /// Reads an object with its version (ETag); `None` when it does not exist.
+    pub async fn get_versioned(&self, rel: &str) -> Result<Option<(Bytes, UpdateVersion)>> {
+        match self.store.get(&self.path(rel)).await {
+            Ok(r) => {
+                let version = UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                Ok(Some((r.bytes().await?, version)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes an object only if it is still at `expected` (`None`: only if it does not
+    /// exist): an S3 conditional PUT (`If-Match` / `If-None-Match`). Returns the new version;
+    /// [`LakeError::Fenced`] when someone else wrote it meanwhile. A local directory has no
+    /// conditional overwrite: the write is unconditional there (one host, one sink: not
+    /// fenced).
+    pub async fn put_if(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        expected: Option<&UpdateVersion>,
+    ) -> Result<UpdateVersion> {
+        let path = self.path(rel);
+        if self.local_root.is_some() {
+            let r = self.store.put(&path, PutPayload::from(bytes)).await?;
+            return Ok(UpdateVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            });
+        }
+        let mode = match expected {
+            Some(v) => PutMode::Update(v.clone()),
+            None => PutMode::Create,
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), PutOptions::from(mode))
+            .await
+        {
+            Ok(r) => Ok(UpdateVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            }),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(LakeError::Fenced(rel.to_owned())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads an object; `None` when it does not exist.

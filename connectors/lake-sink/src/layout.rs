@@ -96,6 +96,15 @@ pub fn staging_path(data_path: &str) -> String {
     format!("{META_DIR}/staging/{data_path}")
 }
 
+/// Where a file of the writer that claimed its partition at `epoch` waits for its commit:
+/// the epoch keeps a zombie writer's staged file from replacing its successor's.
+pub fn staging_path_at(data_path: &str, epoch: u64) -> String {
+    if epoch == 0 {
+        return staging_path(data_path);
+    }
+    format!("{META_DIR}/staging/{data_path}.e{epoch}")
+}
+
 /// Relative path of a partition's committed position.
 pub fn offsets_path(topic: &str, partition: i32) -> String {
     format!("{META_DIR}/offsets/{topic}/{partition}.json")

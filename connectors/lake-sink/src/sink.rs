@@ -23,9 +23,13 @@
 //! protocol, so it keeps them), reports not ready (`/health/ready` 503 with the reason) and
 //! commits everything it holds on every tick; it resumes once under half the limit.
 //!
-//! One sink instance owns a partition at a time (Kafka consumer group). The writer is not
-//! fenced against a zombie instance that lost its partitions but is still committing; keep
-//! `kafka.session_timeout` above the time a commit takes.
+//! ## Zombies are fenced
+//! One sink instance owns a partition at a time (Kafka consumer group). An instance that
+//! lost a partition without noticing yet (paused, partitioned from the broker) and then
+//! commits is fenced by the lake itself on S3 (conditional writes of the offsets object, see
+//! [`crate::writer`]): its commit fails with `Fenced`, it drops the partition's rows (the new
+//! owner reads them) and ignores the partition until the next rebalance. A local-directory
+//! lake is not fenced: keep one sink per host there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -152,6 +156,7 @@ struct Counters {
     commits: Counter,
     commit_failures: Counter,
     pauses: Counter,
+    fenced: Counter,
     buffered: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -174,6 +179,8 @@ pub struct Sink<'a> {
     summary: SinkSummary,
     /// Consumption paused for backpressure.
     paused: bool,
+    /// Partitions another instance claimed in the lake: ignored until the next rebalance.
+    fenced: std::collections::HashSet<(usize, i32)>,
     /// Messages since the buffered bytes were last summed.
     since_check: u32,
 }
@@ -204,6 +211,7 @@ impl<'a> Sink<'a> {
             commits: m.records("lake", "commits"),
             commit_failures: m.retries("lake_commit"),
             pauses: m.records("lake", "backpressure_pauses"),
+            fenced: m.records("lake", "fenced"),
             buffered: m.buffered("lake_commit"),
         };
         tracing::info!(lake = lake.url(), ?topics, group = %rt.group_id(), "sinking");
@@ -219,6 +227,7 @@ impl<'a> Sink<'a> {
             counters,
             summary: SinkSummary::default(),
             paused: false,
+            fenced: std::collections::HashSet::new(),
             since_check: 0,
         })
     }
@@ -235,6 +244,9 @@ impl<'a> Sink<'a> {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(r) = self.revoked.recv() => {
+                    // A rebalance settles who owns what: fenced partitions assigned to this
+                    // instance again are recovered (claimed) afresh.
+                    self.fenced.clear();
                     if let kafka::Rebalanced::Revoked(parts) = r {
                         self.on_revoke(&parts);
                     }
@@ -379,6 +391,20 @@ impl<'a> Sink<'a> {
                         |e| tracing::debug!(error = %e, "storing the Kafka offset hint failed"),
                     );
             }
+            Err(crate::LakeError::Fenced(what)) => {
+                // Another instance claimed the partition (this one lost it in a rebalance it
+                // has not seen yet): write nothing more to it until the next rebalance.
+                self.counters.fenced.inc();
+                tracing::warn!(
+                    topic = &*self.topics[key.0],
+                    partition = key.1,
+                    object = what,
+                    rows = part.writer.pending_rows(),
+                    "fenced: another sink instance owns this partition now; its uncommitted rows are dropped (the owner reads them)"
+                );
+                self.parts.remove(&key);
+                self.fenced.insert(key);
+            }
             Err(e) => {
                 self.counters.commit_failures.inc();
                 tracing::warn!(
@@ -398,6 +424,9 @@ impl<'a> Sink<'a> {
         };
         let key = (t, msg.partition());
         let offset = msg.offset();
+        if self.fenced.contains(&key) {
+            return Ok(());
+        }
         if !self.parts.contains_key(&key) {
             let writer = self.recover(t, msg.partition()).await?;
             let next = writer.next_offset();

@@ -20,6 +20,15 @@
 //! skipped. So each record lands in exactly one committed file, whatever the point of a crash,
 //! and readers of the Hive directories only ever see committed files.
 //!
+//! ## Fencing
+//! On an S3 lake every write of the offsets object is conditional (`If-Match` the version
+//! this writer last read or wrote, `If-None-Match: *` for the first): [`PartitionWriter::recover`]
+//! claims the partition by writing it with `epoch + 1`, so a zombie (an instance that lost
+//! the partition in a rebalance but still holds rows) fails its next commit point with
+//! [`LakeError::Fenced`] and writes nothing more; its staged files carry its epoch in their
+//! name, so they can never replace its successor's. A local-directory lake has no conditional
+//! overwrite and is not fenced (one host, one sink).
+//!
 //! Kafka's committed offset is only a hint (lag monitoring, where to start fetching): it is
 //! stored after step 4 and may trail the lake's.
 
@@ -31,6 +40,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
+
+use object_store::UpdateVersion;
 
 use crate::avro::{Plan, Rows};
 use crate::lake::{Lake, LakeError, Result};
@@ -86,6 +97,10 @@ pub struct Committed {
     /// Data files of a commit whose move out of staging may be unfinished.
     #[serde(default)]
     pub moving: Vec<String>,
+    /// Incremented by each writer that takes the partition over (its claim); its staged
+    /// files carry it (see [`layout::staging_path_at`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// What a commit wrote.
@@ -159,6 +174,10 @@ pub struct PartitionWriter {
     /// A closed set of files whose publication failed: (last offset, files); published
     /// first by the next commit (every step is idempotent).
     unpublished: Option<Unpublished>,
+    /// This writer's claim on the partition.
+    epoch: u64,
+    /// Version of the offsets object this writer last read or wrote (its fencing token).
+    version: Option<UpdateVersion>,
 }
 
 /// Closed files whose publication has not succeeded yet.
@@ -193,14 +212,17 @@ impl PartitionWriter {
         limits: FileLimits,
     ) -> Result<Self> {
         let offsets_rel = layout::offsets_path(topic, partition);
-        let mut committed = match lake.get(&offsets_rel).await? {
-            Some(b) => serde_json::from_slice::<Committed>(&b)
-                .map_err(|e| LakeError::Corrupt(offsets_rel.clone(), e.to_string()))?,
-            None => Committed::default(),
+        let (mut committed, version) = match lake.get_versioned(&offsets_rel).await? {
+            Some((b, v)) => (
+                serde_json::from_slice::<Committed>(&b)
+                    .map_err(|e| LakeError::Corrupt(offsets_rel.clone(), e.to_string()))?,
+                Some(v),
+            ),
+            None => (Committed::default(), None),
         };
         // Roll forward the moves of a commit that passed its commit point.
         for data in &committed.moving {
-            let staged = layout::staging_path(data);
+            let staged = layout::staging_path_at(data, committed.epoch);
             if lake.exists(&staged).await? {
                 lake.rename(&staged, data).await?;
             }
@@ -228,10 +250,10 @@ impl PartitionWriter {
                 "removed files of interrupted writes"
             );
         }
-        if !committed.moving.is_empty() {
-            committed.moving.clear();
-            put_committed(lake, &offsets_rel, &committed).await?;
-        }
+        // The claim: from now on a writer with an older claim fails its commit point.
+        committed.moving.clear();
+        committed.epoch += 1;
+        let version = put_committed(lake, &offsets_rel, &committed, version.as_ref()).await?;
         Ok(Self {
             topic: Arc::from(topic),
             partition,
@@ -242,6 +264,8 @@ impl PartitionWriter {
             files: BTreeMap::new(),
             first_pending_ms: None,
             unpublished: None,
+            epoch: committed.epoch,
+            version: Some(version),
         })
     }
 
@@ -375,33 +399,39 @@ impl PartitionWriter {
             self.last_offset = None;
             self.first_pending_ms = None;
         }
-        let Some(u) = &self.unpublished else {
+        let Some(u) = self.unpublished.take() else {
             unreachable!("set above")
         };
         // Counted when published (a retry after a failed publication counts them then).
         stats.rows = u.rows;
         stats.files = u.files.len();
         stats.bytes = u.files.iter().map(|(_, b)| b.len()).sum();
-        self.publish(lake, u.last, &u.files).await?;
+        if let Err(e) = self.publish(lake, u.last, &u.files).await {
+            self.unpublished = Some(u);
+            return Err(e);
+        }
         self.next_offset = u.last + 1;
-        self.unpublished = None;
         Ok((self.next_offset, stats))
     }
 
-    async fn publish(&self, lake: &Lake, last: i64, closed: &[(String, Bytes)]) -> Result<()> {
+    /// Steps 1-4 for closed files; keeps the offsets object's version it wrote.
+    async fn publish(&mut self, lake: &Lake, last: i64, closed: &[(String, Bytes)]) -> Result<()> {
         for (rel, bytes) in closed {
-            lake.put(&layout::staging_path(rel), bytes.clone()).await?;
+            lake.put(&layout::staging_path_at(rel, self.epoch), bytes.clone())
+                .await?;
         }
         let offsets_rel = layout::offsets_path(&self.topic, self.partition);
         let mut committed = Committed {
             next_offset: last + 1,
             moving: closed.iter().map(|(r, _)| r.clone()).collect(),
+            epoch: self.epoch,
         };
-        // 2. the commit point.
-        put_committed(lake, &offsets_rel, &committed).await?;
+        // 2. the commit point (fenced: fails if another writer claimed the partition).
+        let version = put_committed(lake, &offsets_rel, &committed, self.version.as_ref()).await?;
+        self.version = Some(version);
         // 3. publish; a crash from here on is rolled forward by `recover`.
         for (rel, _) in closed {
-            let staged = layout::staging_path(rel);
+            let staged = layout::staging_path_at(rel, self.epoch);
             // A retry after a partial publish finds some files already moved.
             if lake.exists(&staged).await? || !lake.exists(rel).await? {
                 lake.rename(&staged, rel).await?;
@@ -409,13 +439,20 @@ impl PartitionWriter {
         }
         // 4.
         committed.moving.clear();
-        put_committed(lake, &offsets_rel, &committed).await?;
+        let version = put_committed(lake, &offsets_rel, &committed, self.version.as_ref()).await?;
+        self.version = Some(version);
         Ok(())
     }
 }
 
-async fn put_committed(lake: &Lake, rel: &str, c: &Committed) -> Result<()> {
+/// Writes the offsets object if it is still at `expected` (see the module docs: fencing).
+async fn put_committed(
+    lake: &Lake,
+    rel: &str,
+    c: &Committed,
+    expected: Option<&UpdateVersion>,
+) -> Result<UpdateVersion> {
     let json =
         serde_json::to_vec(c).map_err(|e| LakeError::Corrupt(rel.to_owned(), e.to_string()))?;
-    lake.put(rel, Bytes::from(json)).await
+    lake.put_if(rel, Bytes::from(json), expected).await
 }
