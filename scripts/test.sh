@@ -55,3 +55,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace "${features[@]}" --no-fail-fast
 fi
+
+# Fuzz smoke: 20 s per target (scripts/fuzz.sh for longer runs). libFuzzer needs a nightly
+# toolchain; fuzz.sh installs one with rustup when it can.
+if rustup run nightly rustc --version >/dev/null 2>&1 \
+  || rustup toolchain install nightly --profile minimal >/dev/null 2>&1; then
+  log "fuzz smoke (scripts/fuzz.sh --smoke)"
+  scripts/fuzz.sh --smoke
+else
+  log "WARNING: fuzz smoke SKIPPED: no nightly toolchain and rustup cannot install one here"
+fi
