@@ -678,3 +678,46 @@ async fn silent_vehicles_are_reported_offline_then_forgotten() {
     assert!(back.anomalies.is_empty(), "no state left to clear");
     assert_eq!(p.parts[&0].state.vehicles.len(), 2);
 }
+
+/// Offline alerts of honest vehicles with a short threshold, when one vehicle of their
+/// partition reports with a clock 4 minutes fast, given `max_clock_skew`.
+async fn offline_alerts_with_one_fast_clock(max_clock_skew: Duration) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = AnomalyConfig {
+        offline_after: Duration::from_secs(120),
+        max_clock_skew,
+        ..config()
+    };
+    let mut p = processor_with(&cfg, store(&dir).await, Table::empty());
+    let t = now_ms();
+    let mut offset = 0;
+    for v in ["VEH-H1", "VEH-H2", "VEH-H3"] {
+        let mut r = reading(v, t, 50.0, 4.0);
+        r.ingest_time = t;
+        feed(&mut p, 0, offset, r).await;
+        offset += 1;
+    }
+    // Received now, stamped 4 minutes ahead.
+    let mut fast = reading("VEH-FAST", t + 240_000, 50.0, 4.0);
+    fast.ingest_time = t;
+    feed(&mut p, 0, offset, fast).await;
+    let s = tick(&mut p, now_ms()).await;
+    s.anomalies
+        .iter()
+        .filter(|a| a.kind == AnomalyKind::Offline)
+        .map(|a| a.vehicle_id.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fast_device_clock_raises_no_offline_alert_for_honest_vehicles() {
+    assert_eq!(
+        offline_alerts_with_one_fast_clock(Duration::from_secs(10)).await,
+        Vec::<String>::new(),
+        "event time is trusted up to max_clock_skew past its receive time"
+    );
+    // The defect this guards against: trusting the device clock flaps honest vehicles.
+    let mut flapped = offline_alerts_with_one_fast_clock(Duration::from_secs(3600)).await;
+    flapped.sort();
+    assert_eq!(flapped, ["VEH-H1", "VEH-H2", "VEH-H3"]);
+}
