@@ -193,6 +193,17 @@ impl Case {
         }
     }
 
+    /// What the lake holds once it has every expected record, or after 120 s.
+    async fn wait_for_all(&self) -> HashMap<String, (usize, Option<String>)> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut got = self.read_back().await;
+        while got.len() < self.expected.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            got = self.read_back().await;
+        }
+        got
+    }
+
     fn lake(&self) -> Lake {
         Lake::open_with(&self.lake_url, &self.s3).unwrap()
     }
@@ -471,11 +482,6 @@ impl Switch {
     }
 }
 
-/// Everything: the outage test checks the lake is still short of it during the outage.
-fn want_before_outage(case: &Case) -> usize {
-    case.expected.len()
-}
-
 /// `fleet_buffered_bytes{stage="lake_commit"}` of the sink.
 async fn buffered(p: &Proc) -> f64 {
     let (_, text) = p.get("/metrics").await.unwrap_or_default();
@@ -549,19 +555,14 @@ async fn a_lake_refusing_writes_pauses_the_sink_with_memory_bounded_and_loses_no
         "held {peak} bytes with a limit of {LIMIT} while the lake refuses writes"
     );
     assert!(
-        case.read_back().await.len() < want_before_outage(&case),
+        case.read_back().await.len() < case.expected.len(),
         "nothing was committed while the lake refused"
     );
 
     // The lake is back: everything lands exactly once and the sink is ready again.
     switch.set(true);
     let want = case.expected.len();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut got = case.read_back().await;
-    while got.len() < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        got = case.read_back().await;
-    }
+    let got = case.wait_for_all().await;
     assert_eq!(got.len(), want, "every record in the lake");
     assert!(got.values().all(|(n, _)| *n == 1), "exactly once");
     assert!(
@@ -604,12 +605,7 @@ async fn a_zombie_sink_is_fenced_by_the_lake_and_writes_nothing() {
     let owner = Proc::start("lake-sink", &case.env);
     testkit::populate_topic(&case.topic, rest).await;
     let want = case.expected.len();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut got = case.read_back().await;
-    while got.len() < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        got = case.read_back().await;
-    }
+    let got = case.wait_for_all().await;
     assert_eq!(got.len(), want, "the new owner committed everything");
     // The zombie wakes up into a SIGTERM: its shutdown commits what it holds, which the lake
     // refuses (fenced).

@@ -32,10 +32,12 @@ fn notification(id: &str, recipient: &str, channel: Channel) -> Notification {
     }
 }
 
-#[tokio::test]
-async fn webhook_notifications_are_posted_and_refused_ones_dead_lettered() {
-    // The webhook: accepts everything except the recipient "broken".
-    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+/// What the webhook saw: (Idempotency-Key, X-Fleet-Recipient) per request.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A real webhook on 127.0.0.1: answers 204, or 503 for the recipient "broken".
+async fn webhook() -> (std::net::SocketAddr, Seen) {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let app = Router::new().route(
         "/hook",
@@ -67,6 +69,13 @@ async fn webhook_notifications_are_posted_and_refused_ones_dead_lettered() {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn webhook_notifications_are_posted_and_refused_ones_dead_lettered() {
+    // The webhook: accepts everything except the recipient "broken".
+    let (addr, seen) = webhook().await;
 
     let topic = testkit::random_name("e2e.notif");
     let dlq = testkit::random_name("e2e.notif.dlq");
@@ -245,30 +254,7 @@ async fn a_hanging_webhook_stalls_no_other_channel_or_partition_and_survives_sig
     notifier.kill9_in_place();
 
     // Restarted with a working endpoint: the held webhook is delivered (at least once).
-    let seen: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let app = Router::new().route(
-        "/hook",
-        post(move |headers: HeaderMap| {
-            let s = s.clone();
-            async move {
-                let key = headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                s.lock().expect("lock").push(key);
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (addr, seen) = webhook().await;
     let notifier = Proc::start("notifier", &env(format!("http://{addr}/hook")));
     assert!(wait_ready(&notifier).await, "notifier ready again");
     for _ in 0..300 {
@@ -280,11 +266,13 @@ async fn a_hanging_webhook_stalls_no_other_channel_or_partition_and_survives_sig
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        *seen.lock().expect("lock"),
-        ["w-1"],
-        "delivered after the restart"
-    );
+    let keys: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(keys, ["w-1"], "delivered after the restart");
     assert!(
         testkit::group_lag(&group, &topic)
             .iter()
