@@ -285,6 +285,10 @@ impl<'a> Sink<'a> {
         self.counters
             .buffered
             .set(i64::try_from(buffered).unwrap_or(i64::MAX));
+        let pause = buffered > limit || (self.paused && buffered > limit / 2);
+        if !pause && !self.paused {
+            return;
+        }
         let assigned = match self.consumer.assignment() {
             Ok(a) => a,
             Err(e) => {
@@ -292,7 +296,7 @@ impl<'a> Sink<'a> {
                 return;
             }
         };
-        if buffered > limit || (self.paused && buffered > limit / 2) {
+        if pause {
             // Re-applied on every check: partitions assigned meanwhile are paused too.
             if let Err(e) = self.consumer.pause(&assigned) {
                 tracing::warn!(error = %e, "pausing the consumer");

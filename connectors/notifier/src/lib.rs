@@ -592,14 +592,13 @@ impl Processor for Notifier {
         _out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let n = &input.record;
-        let lane = match n.channel {
-            Channel::Webhook => &self.webhook,
-            Channel::Email => &self.email,
+        let webhook = match n.channel {
+            Channel::Webhook => true,
+            Channel::Email => false,
             Channel::Log | Channel::Sms => return self.deliverer.deliver(n).await,
         };
         // Known failures are dead-lettered by the run loop with the original bytes.
         self.deliverer.check(n)?;
-        let (tx, queued) = (lane.tx.clone(), lane.queued.clone());
         let source = Source {
             topic: self.topic(input.topic),
             partition: input.partition,
@@ -607,15 +606,16 @@ impl Processor for Notifier {
             key: input.key.map(<[u8]>::to_vec),
             timestamp_ms: input.timestamp_ms,
         };
+        let lane = if webhook { &self.webhook } else { &self.email };
         pending_add(&self.pending, &source);
-        queued.inc();
+        lane.queued.inc();
         let job = Job {
             notification: n.clone(),
             source: source.clone(),
         };
-        if tx.send(job).await.is_err() {
+        if lane.tx.send(job).await.is_err() {
             pending_done(&self.pending, &source);
-            queued.dec();
+            lane.queued.dec();
             return Err(ProcessError::Fatal("a delivery lane stopped".into()));
         }
         Ok(())
