@@ -26,10 +26,14 @@ async fn main() -> anyhow::Result<()> {
         .encoder::<TelemetryReading>(&config.app.output_topic)
         .await
         .context("registering the output schema")?;
-    let processor = Passthrough::new(&config.app.output_topic, encoder);
-    // The run loop logs its summary when it stops.
-    runtime
-        .run(processor, &[config.app.input_topic.as_str()], token)
-        .await?;
+    let processor =
+        Passthrough::new(&config.app.output_topic, encoder).dedupe(config.app.dedupe_ids);
+    let topics = [config.app.input_topic.as_str()];
+    // The run loops log their summary when they stop.
+    if config.app.dedupe_ids > 0 || config.runner.processing_guarantee == "exactly_once" {
+        runtime.run_stateful(processor, &topics, token).await?;
+    } else {
+        runtime.run(processor, &topics, token).await?;
+    }
     Ok(())
 }

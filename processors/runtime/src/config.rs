@@ -277,8 +277,38 @@ config_section! {
         pub drain_timeout: Duration = Duration::from_secs(30),
         /// Dead-letter topic.
         pub dlq_topic: String = "fleet.dlq".to_owned(),
+        /// Processors on the state runtime ([`crate::task`]): `at_least_once` (outputs, state
+        /// checkpoint and offsets committed one after the other: a crash repeats the inputs
+        /// since the last commit) or `exactly_once` (all three in one Kafka transaction).
+        pub processing_guarantee: String = "at_least_once".to_owned(), env = "FLEET_PROCESSING_GUARANTEE",
+        /// State runtime: how often the open batch (outputs, state changes, offsets) is
+        /// committed. Outputs of an exactly-once processor become visible to `read_committed`
+        /// readers at the commit: this is their added latency.
+        #[serde(with = "humantime_serde")]
+        pub commit_interval: Duration = Duration::from_millis(100),
+        /// This instance's name within its group, unique among the instances that run at the
+        /// same time; with `exactly_once`, the transactional id is `<group>-<instance_id>`, so
+        /// a restarted instance with the same name aborts what its previous life left open.
+        /// Empty: the host name.
+        pub instance_id: String = String::new(), env = "FLEET_INSTANCE_ID",
+        /// `exactly_once`: how long the broker keeps a transaction of a vanished instance open
+        /// (it blocks `read_committed` readers of the outputs meanwhile) before aborting it.
+        #[serde(with = "humantime_serde")]
+        pub transaction_timeout: Duration = Duration::from_secs(10),
     }
     validate(this) {
+        if !["at_least_once", "exactly_once"].contains(&this.processing_guarantee.as_str()) {
+            return Err(Error::Config(format!(
+                "runner.processing_guarantee must be at_least_once or exactly_once, not {:?}",
+                this.processing_guarantee
+            )));
+        }
+        if this.commit_interval.is_zero() {
+            return Err(Error::Config("runner.commit_interval must be > 0".into()));
+        }
+        if this.transaction_timeout < Duration::from_secs(1) {
+            return Err(Error::Config("runner.transaction_timeout must be >= 1s".into()));
+        }
         if this.max_in_flight == 0 {
             return Err(Error::Config("runner.max_in_flight must be >= 1".into()));
         }

@@ -68,12 +68,23 @@ pub fn producer(cfg: &KafkaConfig, profile: ProducerProfile) -> Result<FuturePro
 /// `read_committed` readers (librdkafka's default) all at once or not at all. A second
 /// producer with the same id fences the first (its transaction is aborted).
 pub fn transactional_producer(cfg: &KafkaConfig, id: &str) -> Result<FutureProducer> {
+    transactional_producer_with(cfg, id, Duration::from_secs(60))
+}
+
+/// [`transactional_producer`] whose open transactions the broker aborts after `timeout`
+/// without a commit (`transaction.timeout.ms`).
+pub fn transactional_producer_with(
+    cfg: &KafkaConfig,
+    id: &str,
+    timeout: Duration,
+) -> Result<FutureProducer> {
     use rdkafka::producer::Producer as _;
     let mut c = base(cfg);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("statistics.interval.ms", "0")
         .set("linger.ms", "5")
+        .set("transaction.timeout.ms", timeout.as_millis().to_string())
         .set("transactional.id", id);
     apply_options(&mut c, cfg);
     let p: FutureProducer = c.create()?;
@@ -196,9 +207,32 @@ pub fn consumer(
     metrics: Arc<Metrics>,
     rebalances: Option<tokio::sync::mpsc::UnboundedSender<Rebalanced>>,
 ) -> Result<Consumer> {
+    group_consumer(cfg, group_id, metrics, rebalances, true)
+}
+
+/// A consumer of the state runtime ([`crate::task`]): offsets are committed only by the run
+/// loop's commits (in the transaction with `exactly_once`), never automatically; reads
+/// `read_committed` (and so waits for pending transactional offsets when it is assigned).
+pub fn task_consumer(
+    cfg: &KafkaConfig,
+    group_id: &str,
+    metrics: Arc<Metrics>,
+    rebalances: Option<tokio::sync::mpsc::UnboundedSender<Rebalanced>>,
+) -> Result<Consumer> {
+    group_consumer(cfg, group_id, metrics, rebalances, false)
+}
+
+fn group_consumer(
+    cfg: &KafkaConfig,
+    group_id: &str,
+    metrics: Arc<Metrics>,
+    rebalances: Option<tokio::sync::mpsc::UnboundedSender<Rebalanced>>,
+    auto_commit: bool,
+) -> Result<Consumer> {
     let mut c = base(cfg);
     c.set("group.id", group_id)
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", auto_commit.to_string())
+        .set("isolation.level", "read_committed")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &cfg.auto_offset_reset)
@@ -460,8 +494,22 @@ pub async fn send(
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
 ) -> Result<DeliveryFuture> {
+    send_to(producer, topic, None, key, payload).await
+}
+
+/// [`send`] to an explicit partition (`None`: the partitioner's choice by key).
+pub async fn send_to(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<DeliveryFuture> {
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }

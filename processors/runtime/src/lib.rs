@@ -11,12 +11,40 @@
 //! * [`runner`]: the run loop: consume -> decode (bad input: [`fleet_schemas::DeadLetter`] to
 //!   `fleet.dlq`) -> [`Processor::process`] -> produce -> store the offset once every output is
 //!   acknowledged; timers; graceful drain on shutdown.
+//! * [`task`] and [`state`]: the state runtime: a [`StatefulProcessor`] works against the
+//!   runtime-owned [`State`] of its input's partition; the runtime restores it from a
+//!   changelog topic on assign, checkpoints changed keys with each commit, and with
+//!   `runner.processing_guarantee = "exactly_once"` commits outputs, state and offsets in one
+//!   Kafka transaction. New stateful processors are written this way (see the example below).
 //! * [`metrics`]: Prometheus `/metrics`, `/health/live`, `/health/ready`.
 //! * [`table`]: a topic read from the beginning as an in-memory table (vehicle profiles).
 //! * [`shutdown`]: SIGINT/SIGTERM -> cancellation token; a second signal exits at once.
 //!
 //! ## Delivery guarantee
-//! At least once, with per-partition order; see [`runner`] for the exact argument.
+//! [`runner`]: at least once, with per-partition order; see its docs for the exact argument.
+//! [`task`]: exactly once or at least once, as configured.
+//!
+//! ## Example: a stateful processor
+//! Counts readings per vehicle and forwards each one; the count survives restarts and
+//! rebalances because it lives in the runtime's [`State`]. `runtime.run_stateful(Count { .. },
+//! &["fleet.telemetry"], shutdown)` runs it.
+//! ```no_run
+//! use fleet_runtime::{Input, Outputs, ProcessError, State, StatefulProcessor};
+//! use fleet_schemas::{Encoder, TelemetryReading};
+//! use std::sync::Arc;
+//!
+//! struct Count { topic: Arc<str>, enc: Encoder<TelemetryReading> }
+//!
+//! impl StatefulProcessor for Count {
+//!     type Input = TelemetryReading;
+//!     type State = u64;
+//!     async fn process(&mut self, input: &Input<'_, TelemetryReading>, state: &mut State<u64>,
+//!         out: &mut Outputs) -> Result<(), ProcessError> {
+//!         *state.get_or_insert_with(&input.record.vehicle_id, || 0) += 1;
+//!         out.push(&self.topic, &self.enc, &input.record)
+//!     }
+//! }
+//! ```
 //!
 //! ## Example: a processor
 //! ```no_run
@@ -48,7 +76,9 @@ mod outputs;
 pub mod runner;
 pub mod secrets;
 pub mod shutdown;
+pub mod state;
 pub mod table;
+pub mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -56,4 +86,6 @@ pub use config::{Cli, Config, Section};
 pub use error::{Error, ProcessError, Result};
 pub use outputs::Outputs;
 pub use runner::{Input, Processor, RunSummary, Runtime};
+pub use state::State;
 pub use table::Table;
+pub use task::StatefulProcessor;

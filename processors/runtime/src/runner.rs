@@ -183,8 +183,8 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Address of the metrics server, if enabled.
     pub http_addr: Option<std::net::SocketAddr>,
-    dlq_topic: Arc<str>,
-    dlq: Encoder<DeadLetter>,
+    pub(crate) dlq_topic: Arc<str>,
+    pub(crate) dlq: Encoder<DeadLetter>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -318,6 +318,13 @@ impl Runtime {
         topics: &[&str],
         shutdown: CancellationToken,
     ) -> Result<RunSummary> {
+        if self.runner.processing_guarantee != "at_least_once" {
+            return Err(Error::Config(format!(
+                "{} runs on the at-least-once loop: runner.processing_guarantee = {:?} needs \
+                 a processor on the state runtime (fleet_runtime::task)",
+                self.component, self.runner.processing_guarantee
+            )));
+        }
         let (rebalances_tx, rebalances) = tokio::sync::mpsc::unbounded_channel();
         let consumer = kafka::consumer(
             &self.kafka,
@@ -339,8 +346,7 @@ impl Runtime {
             counters: Counters::new(&self.metrics),
             topics: Vec::new(),
             rebalances,
-            dlq_log_budget: DLQ_LOG_PER_TICK,
-            dlq_log_suppressed: 0,
+            dlq_log: DeadLetterLog::default(),
             positions: HashMap::new(),
             shutdown,
         };
@@ -519,8 +525,7 @@ struct Loop<'r, P: Processor> {
     counters: Counters,
     topics: Vec<Arc<str>>,
     rebalances: tokio::sync::mpsc::UnboundedReceiver<kafka::Rebalanced>,
-    dlq_log_budget: u32,
-    dlq_log_suppressed: u64,
+    dlq_log: DeadLetterLog,
     positions: HashMap<(Arc<str>, i32), Position>,
     shutdown: CancellationToken,
 }
@@ -609,6 +614,54 @@ pub fn kafka_dead_letter(
 
 /// Dead letters logged individually per timer period.
 const DLQ_LOG_PER_TICK: u32 = 20;
+
+/// The log of dead-lettered records of a run loop: every dead letter is counted in metrics,
+/// at most [`DLQ_LOG_PER_TICK`] are logged per timer period so that a flood of bad input
+/// cannot flood the log; the rest are summarised at the end of the period.
+#[derive(Debug)]
+pub(crate) struct DeadLetterLog {
+    budget: u32,
+    suppressed: u64,
+}
+
+impl Default for DeadLetterLog {
+    fn default() -> Self {
+        Self {
+            budget: DLQ_LOG_PER_TICK,
+            suppressed: 0,
+        }
+    }
+}
+
+impl DeadLetterLog {
+    /// Logs one dead-lettered record, within the period's budget.
+    pub(crate) fn log(&mut self, msg: &BorrowedMessage<'_>, reason: &str, detail: &str) {
+        if self.budget > 0 {
+            self.budget -= 1;
+            tracing::warn!(
+                reason,
+                detail,
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "record dead-lettered"
+            );
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    /// Ends the timer period: summarises what was not logged, refills the budget.
+    pub(crate) fn end_period(&mut self) {
+        if self.suppressed > 0 {
+            tracing::warn!(
+                suppressed = self.suppressed,
+                "more records dead-lettered than logged (see fleet_processor_dead_letters_total)"
+            );
+        }
+        *self = Self::default();
+    }
+}
 
 enum Step {
     Continue,
@@ -877,14 +930,7 @@ impl<P: Processor> Loop<'_, P> {
 
     async fn on_tick(&mut self) -> Result<Step> {
         let now = now_ms();
-        if self.dlq_log_suppressed > 0 {
-            tracing::warn!(
-                suppressed = self.dlq_log_suppressed,
-                "more records dead-lettered than logged (see fleet_processor_dead_letters_total)"
-            );
-            self.dlq_log_suppressed = 0;
-        }
-        self.dlq_log_budget = DLQ_LOG_PER_TICK;
+        self.dlq_log.end_period();
         if self.in_flight.len() == 0 {
             self.rt.metrics.health.progress(now);
         }
@@ -1017,21 +1063,7 @@ impl<P: Processor> Loop<'_, P> {
     ) -> Result<()> {
         let dl = kafka_dead_letter(self.rt.component, KafkaSource::of(msg), reason, detail);
         self.rt.metrics.dead_letters(reason).inc();
-        // Every dead letter is counted; at most DLQ_LOG_PER_TICK are logged per timer period so
-        // that a flood of bad input cannot flood the log (the rest are summarised on the tick).
-        if self.dlq_log_budget > 0 {
-            self.dlq_log_budget -= 1;
-            tracing::warn!(
-                reason,
-                detail,
-                topic = msg.topic(),
-                partition = msg.partition(),
-                offset = msg.offset(),
-                "record dead-lettered"
-            );
-        } else {
-            self.dlq_log_suppressed += 1;
-        }
+        self.dlq_log.log(msg, reason, detail);
         self.out.clear();
         let key = dl.source_key.as_deref().unwrap_or(&[]);
         self.out
