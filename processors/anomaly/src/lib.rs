@@ -329,45 +329,51 @@ impl<S: StateStore> AnomalyProcessor<S> {
         lookup(&self.profiles, &self.default_profile, vehicle)
     }
 
+    /// The partition's saved snapshot and the offset after the last input it covers.
+    async fn load(&self, partition: i32) -> Result<Option<(Snapshot, i64)>, ProcessError> {
+        let saved = self
+            .store
+            .load_checkpoint(&self.group, &self.cfg.input_topic, partition)
+            .await
+            .map_err(|e| ProcessError::Transient(format!("loading the rule snapshot: {e}")))?;
+        let Some((next, bytes)) = saved else {
+            return Ok(None);
+        };
+        let mut state: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
+            ProcessError::Fatal(format!(
+                "rule snapshot of partition {partition} does not decode: {e}"
+            ))
+        })?;
+        state.unprofiled = state
+            .vehicles
+            .keys()
+            .filter(|v| {
+                Arc::ptr_eq(
+                    &lookup(&self.profiles, &self.default_profile, v),
+                    &self.default_profile,
+                )
+            })
+            .count();
+        // The time the process was down is not silence: restart the idle clock.
+        if let Some(wm) = state.watermark.as_mut() {
+            wm.observe(i64::MIN, now_ms());
+        }
+        tracing::info!(
+            partition,
+            next_offset = next,
+            vehicles = state.vehicles.len(),
+            "rule snapshot loaded"
+        );
+        Ok(Some((state, next)))
+    }
+
     /// The partition's state, loading its snapshot the first time it is seen.
     async fn part(&mut self, partition: i32, offset: i64) -> Result<&mut Part, ProcessError> {
         if !self.parts.contains_key(&partition) {
-            let saved = self
-                .store
-                .load_checkpoint(&self.group, &self.cfg.input_topic, partition)
-                .await
-                .map_err(|e| ProcessError::Transient(format!("loading the rule snapshot: {e}")))?;
-            let (state, skip_below) = match saved {
-                Some((next, bytes)) => {
-                    let mut state: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
-                        ProcessError::Fatal(format!(
-                            "rule snapshot of partition {partition} does not decode: {e}"
-                        ))
-                    })?;
-                    state.unprofiled = state
-                        .vehicles
-                        .keys()
-                        .filter(|v| {
-                            Arc::ptr_eq(
-                                &lookup(&self.profiles, &self.default_profile, v),
-                                &self.default_profile,
-                            )
-                        })
-                        .count();
-                    // The time the process was down is not silence: restart the idle clock.
-                    if let Some(wm) = state.watermark.as_mut() {
-                        wm.observe(i64::MIN, now_ms());
-                    }
-                    tracing::info!(
-                        partition,
-                        next_offset = next,
-                        vehicles = state.vehicles.len(),
-                        "rule snapshot loaded"
-                    );
-                    (state, next)
-                }
-                None => (Snapshot::default(), i64::MIN),
-            };
+            let (state, skip_below) = self
+                .load(partition)
+                .await?
+                .unwrap_or((Snapshot::default(), i64::MIN));
             self.parts.insert(
                 partition,
                 Part {
@@ -645,6 +651,29 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
         for (_, p) in partitions {
             self.parts.remove(p);
         }
+    }
+
+    /// Loads the snapshots of newly assigned partitions at once, so that the offline rule
+    /// judges the vehicles of a partition that stays quiet after a restart.
+    async fn on_assign(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
+        for (topic, p) in partitions {
+            if *topic != self.cfg.input_topic || self.parts.contains_key(p) {
+                continue;
+            }
+            if let Some((state, next)) = self.load(*p).await? {
+                self.parts.insert(
+                    *p,
+                    Part {
+                        state,
+                        skip_below: next,
+                        hold: next,
+                        last_offset: next - 1,
+                        dirty: false,
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 }
 

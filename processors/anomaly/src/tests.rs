@@ -721,3 +721,47 @@ async fn a_fast_device_clock_raises_no_offline_alert_for_honest_vehicles() {
     flapped.sort();
     assert_eq!(flapped, ["VEH-H1", "VEH-H2", "VEH-H3"]);
 }
+
+#[tokio::test]
+async fn a_partition_that_stays_quiet_after_a_restart_still_raises_offline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    let t0 = now_ms();
+    let mut first = processor(s.clone(), Table::empty());
+    feed(&mut first, 0, 0, reading("VEH-QUIET", t0, 30.0, 4.0)).await;
+    tick(&mut first, now_ms()).await;
+    first.on_tick_durable().await.expect("snapshot saved");
+    drop(first);
+
+    // The restarted instance gets partition 0, which receives nothing more.
+    let mut second = processor(s.clone(), Table::empty());
+    second
+        .on_assign(&[(TOPIC.to_owned(), 0), ("other.topic".to_owned(), 0)])
+        .await
+        .expect("assigned");
+    assert_eq!(second.hold(TOPIC, 0), Some(1), "resumes after the snapshot");
+    let later = now_ms() + 3_600_000;
+    let got: Vec<_> = tick(&mut second, later)
+        .await
+        .anomalies
+        .iter()
+        .map(|a| (a.vehicle_id.clone(), a.kind, a.state))
+        .collect();
+    assert_eq!(
+        got,
+        [(
+            "VEH-QUIET".to_owned(),
+            AnomalyKind::Offline,
+            AnomalyState::Raised
+        )],
+        "judged without waiting for a record of the partition"
+    );
+    // Without a snapshot, an assigned partition has no state to load.
+    let empty = tempfile::tempdir().expect("tmp");
+    let mut fresh = processor(store(&empty).await, Table::empty());
+    fresh
+        .on_assign(&[(TOPIC.to_owned(), 1)])
+        .await
+        .expect("assigned");
+    assert_eq!(fresh.hold(TOPIC, 1), None);
+}
