@@ -6,7 +6,10 @@
 //!
 //! 1. by a bare librdkafka consumer that only counts records (the ceiling), and
 //! 2. by `passthrough-processor` (decode Avro, validate, encode, produce with acks=all, wait
-//!    for the acknowledgement, store the offset), counted on its output topic.
+//!    for the acknowledgement, store the offset), counted on its output topic;
+//! 3. by `passthrough-processor` on the state runtime with per-vehicle de-duplication
+//!    (`app.dedupe_ids = 64`), once `at_least_once` and once `exactly_once` (Kafka
+//!    transactions every `runner.commit_interval`), counted by `read_committed` readers.
 //!
 //! Rates are measured from the first record seen to the last (start-up and group join are
 //! excluded from both), and the report gives the ratio. Run release builds:
@@ -287,6 +290,10 @@ struct PassthroughReport {
     passthrough_over_bare: f64,
     passthrough_over_bare_pipe: f64,
     passthrough_outputs: usize,
+    /// Records/s of the state runtime with de-duplication, by processing guarantee.
+    stateful_at_least_once_records_per_s: f64,
+    stateful_exactly_once_records_per_s: f64,
+    exactly_once_over_at_least_once: f64,
 }
 
 fn reading(i: usize, vehicles: usize) -> TelemetryReading {
@@ -488,9 +495,7 @@ async fn passthrough(
     vehicles: usize,
 ) -> anyhow::Result<PassthroughReport> {
     let input = testkit::random_name("bench.in");
-    let output = testkit::random_name("bench.out");
     testkit::create_topic(&input, partitions).await;
-    testkit::create_topic(&output, partitions).await;
     let registry = Registry::new(&testkit::registry_url())?;
     let enc = Encoder::<TelemetryReading>::register(&registry, &input)
         .await
@@ -538,26 +543,51 @@ async fn passthrough(
             bin.display()
         );
     }
-    let mut child = Command::new(&bin)
-        .env("FLEET_KAFKA_BROKERS", testkit::brokers())
-        .env("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url())
-        .env("FLEET__APP__INPUT_TOPIC", &input)
-        .env("FLEET__APP__OUTPUT_TOPIC", &output)
-        .env("FLEET__KAFKA__GROUP_ID", testkit::random_name("bench.pass"))
-        .env("FLEET__KAFKA__CREATE_TOPICS", "false")
-        .env("FLEET_HTTP_LISTEN", "")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let topic = output.clone();
-    let counted =
-        tokio::task::spawn_blocking(move || count_topic(&topic, records, Duration::from_secs(600)))
+    // Each mode reads the whole input into its own output topic and group.
+    let run = |extra: &'static [(&'static str, &'static str)]| {
+        let (bin, input) = (bin.clone(), input.clone());
+        async move {
+            let output = testkit::random_name("bench.out");
+            testkit::create_topic(&output, partitions).await;
+            let mut cmd = Command::new(&bin);
+            cmd.env("FLEET_KAFKA_BROKERS", testkit::brokers())
+                .env("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url())
+                .env("FLEET__APP__INPUT_TOPIC", &input)
+                .env("FLEET__APP__OUTPUT_TOPIC", &output)
+                .env("FLEET__KAFKA__GROUP_ID", testkit::random_name("bench.pass"))
+                .env("FLEET_HTTP_LISTEN", "")
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null());
+            for (k, v) in extra {
+                cmd.env(k, v);
+            }
+            let mut child = cmd
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            let topic = output.clone();
+            let counted = tokio::task::spawn_blocking(move || {
+                count_topic(&topic, records, Duration::from_secs(600))
+            })
             .await?;
-    crate::terminate(&mut child);
-    let (f, l, n) = counted?;
-    let pass = rate(n, f, l);
+            crate::terminate(&mut child);
+            let (f, l, n) = counted?;
+            anyhow::Ok((rate(n, f, l), n))
+        }
+    };
+    let (pass, n) = run(&[]).await?;
     eprintln!("passthrough-processor: {pass:.0} records/s");
+    let (alos, _) = run(&[
+        ("FLEET__APP__DEDUPE_IDS", "64"),
+        ("FLEET__RUNNER__PROCESSING_GUARANTEE", "at_least_once"),
+    ])
+    .await?;
+    eprintln!("passthrough-processor, state runtime, dedupe, at_least_once: {alos:.0} records/s");
+    let (eos, _) = run(&[
+        ("FLEET__APP__DEDUPE_IDS", "64"),
+        ("FLEET__RUNNER__PROCESSING_GUARANTEE", "exactly_once"),
+    ])
+    .await?;
+    eprintln!("passthrough-processor, state runtime, dedupe, exactly_once: {eos:.0} records/s");
     Ok(PassthroughReport {
         records,
         partitions,
@@ -568,6 +598,9 @@ async fn passthrough(
         passthrough_over_bare: (pass / bare * 1000.0).round() / 1000.0,
         passthrough_over_bare_pipe: (pass / bare_pipe * 1000.0).round() / 1000.0,
         passthrough_outputs: n,
+        stateful_at_least_once_records_per_s: alos.round(),
+        stateful_exactly_once_records_per_s: eos.round(),
+        exactly_once_over_at_least_once: (eos / alos * 1000.0).round() / 1000.0,
     })
 }
 
