@@ -286,6 +286,10 @@ config_section! {
         /// readers at the commit: this is their added latency.
         #[serde(with = "humantime_serde")]
         pub commit_interval: Duration = Duration::from_millis(100),
+        /// State runtime: a batch is committed early once it holds this many inputs (bounds
+        /// the memory of a batch and the work an abort repeats). Larger batches amortise the
+        /// commit: 10,000 gave 0.68 of the throughput of 100,000 with `exactly_once`.
+        pub max_batch: usize = 100_000,
         /// This instance's name within its group, unique among the instances that run at the
         /// same time; with `exactly_once`, the transactional id is `<group>-<instance_id>`, so
         /// a restarted instance with the same name aborts what its previous life left open.
@@ -302,6 +306,9 @@ config_section! {
                 "runner.processing_guarantee must be at_least_once or exactly_once, not {:?}",
                 this.processing_guarantee
             )));
+        }
+        if this.max_batch == 0 {
+            return Err(Error::Config("runner.max_batch must be >= 1".into()));
         }
         if this.commit_interval.is_zero() {
             return Err(Error::Config("runner.commit_interval must be > 0".into()));

@@ -9,7 +9,7 @@
 //! * creates a partition's state when the partition is assigned (quiet partitions too, so
 //!   their timers run after a restart), by replaying its changelog partition, and drops it
 //!   when the partition is revoked;
-//! * batches inputs for `runner.commit_interval` (100 ms) or `runner.max_in_flight` inputs,
+//! * batches inputs for `runner.commit_interval` (100 ms) or `runner.max_batch` inputs,
 //!   whichever comes first, then commits the batch: the outputs, every state key the batch
 //!   changed (once, its latest value; a tombstone if removed) to the changelog topic
 //!   `<group>-changelog` (compacted; partition *p* holds the state of every input topic's
@@ -389,7 +389,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             let deadline = self
                 .open
                 .map(|t| tokio::time::Instant::from_std(t + self.rt.runner.commit_interval));
-            let full = self.batch_inputs >= self.rt.runner.max_in_flight;
+            let full = self.batch_inputs >= self.rt.runner.max_batch;
             enum Ev<'m> {
                 Stop,
                 Rebalanced(kafka::Rebalanced),
