@@ -65,6 +65,7 @@
 pub mod codec;
 mod error;
 pub mod ids;
+pub mod profile;
 pub mod records;
 pub mod wire;
 

@@ -64,9 +64,9 @@ pub(crate) async fn load(
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-    // The anomaly processor's defaults; a processor configured otherwise only differs in the
-    // values the profile leaves out.
-    let defaults = fleet_anomaly::AnomalyConfig::default().thresholds();
+    // The domain's defaults: what a profile sets is validated the same whatever defaults a
+    // processor puts under the values it leaves out.
+    let defaults = fleet_domain::rules::Thresholds::default();
     let mut records = Vec::new();
     let mut errors = Vec::new();
     for p in parse(&text)? {
@@ -91,7 +91,7 @@ pub(crate) async fn load(
             errors.push("a profile without a vehicle_id".to_owned());
             continue;
         }
-        if let Err(e) = fleet_anomaly::profile_entry(record.clone(), &defaults) {
+        if let Err(e) = fleet_schemas::profile::profile_entry(record.clone(), &defaults) {
             errors.push(format!("{}: {e}", record.vehicle_id));
         }
         records.push(record);

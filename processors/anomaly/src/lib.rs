@@ -44,8 +44,6 @@
 //! with `fleetctl profiles load FILE`; a profile that does not validate goes to the dead-letter
 //! topic and the previous version stays in force.
 
-pub mod profile;
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +63,7 @@ use fleet_state::StateStore;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
-pub use profile::{ProfileEntry, profile_entry};
+pub use fleet_schemas::profile::{ProfileEntry, profile_entry};
 
 fleet_runtime::config_section! {
     /// anomaly-processor settings.

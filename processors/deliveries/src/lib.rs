@@ -52,11 +52,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_anomaly::ProfileEntry;
 use fleet_domain::delivery::{Change, CompletedBy, Delivery, DeliveryParams, Status, Update};
 use fleet_domain::eta::{EtaParams, SpeedEstimator, SpeedParams};
 use fleet_runtime::metrics::{Metrics, now_ms};
 use fleet_runtime::{Input, Outputs, ProcessError, Processor, Table};
+use fleet_schemas::profile::ProfileEntry;
 use fleet_schemas::{Channel, DeliveryEvent, DeliveryKind, Encoder, Notification, Severity, ids};
 use fleet_state::{DeliveryRow, StateStore, VehicleState};
 use prometheus_client::metrics::counter::Counter;

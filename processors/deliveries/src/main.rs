@@ -1,11 +1,11 @@
 //! `deliveries-processor`: see the library docs for inputs, outputs and the delivery guarantee.
 
 use anyhow::Context;
-use fleet_anomaly::profile_entry;
 use fleet_deliveries::{DeliveriesConfig, DeliveriesProcessor};
 use fleet_runtime::kafka::ProducerProfile;
 use fleet_runtime::{Runtime, Table, shutdown};
 use fleet_schemas::VehicleProfile;
+use fleet_schemas::profile::profile_entry;
 use fleet_state::{Store, StoreOptions};
 
 const NAME: &str = "deliveries-processor";

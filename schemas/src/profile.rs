@@ -1,8 +1,9 @@
-//! Vehicle profiles: the `fleet.vehicle-profiles` record mapped onto the domain's rule inputs.
+//! Vehicle profiles: the `fleet.vehicle-profiles` record mapped onto the domain's rule inputs
+//! (one mapping for every reader of the table: anomaly- and deliveries-processor, fleetctl).
 
+use crate::{Contact, VehicleProfile};
 use fleet_domain::route::RouteCorridor;
 use fleet_domain::rules::{Geofence, Profile, Thresholds};
-use fleet_schemas::{Contact, VehicleProfile};
 
 /// One vehicle's rule profile and contacts, as held in the profiles table.
 #[derive(Debug, Clone, Default, PartialEq)]
