@@ -351,6 +351,18 @@ async fn passthrough_processor_commits_to_the_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_on_the_state_runtime_commits_to_the_end_in_either_guarantee() {
+    for guarantee in ["at_least_once", "exactly_once"] {
+        let mut c = Case::new("passthrough-processor", &readings(30, 20)).await;
+        c.topic("FLEET__APP__OUTPUT_TOPIC", PARTITIONS).await;
+        c.env.push(("FLEET__APP__DEDUPE_IDS", "16".into()));
+        c.env
+            .push(("FLEET__RUNNER__PROCESSING_GUARANTEE", guarantee.into()));
+        c.check().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lake_sink_commits_to_the_end_after_its_time_based_rotation() {
     let mut c = Case::new("lake-sink", &readings(30, 20)).await;
     let dir = temp_dir();

@@ -107,6 +107,33 @@ pub enum Rebalanced {
 pub struct FleetContext {
     metrics: Arc<Metrics>,
     rebalances: Option<tokio::sync::mpsc::UnboundedSender<Rebalanced>>,
+    /// Offsets committed through a producer's transaction, which the consumer's own
+    /// statistics do not see.
+    txn_committed: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+}
+
+impl FleetContext {
+    /// Records offsets committed in a transaction (`send_offsets_to_transaction`), so the
+    /// committed-lag metric reflects them.
+    pub fn note_committed(&self, offsets: &TopicPartitionList) {
+        let mut m = self
+            .txn_committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for e in offsets.elements() {
+            if let Some(o) = e.offset().to_raw() {
+                m.insert((e.topic().to_owned(), e.partition()), o);
+            }
+        }
+    }
+
+    fn txn_committed(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.txn_committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(topic.to_owned(), partition))
+            .copied()
+    }
 }
 
 impl ClientContext for FleetContext {
@@ -116,7 +143,10 @@ impl ClientContext for FleetContext {
                 if *partition < 0 || p.hi_offset < 0 || p.fetch_state == "none" {
                     continue;
                 }
-                if let Some(lag) = committed_lag(p.hi_offset, p.lo_offset, p.committed_offset) {
+                let committed = self
+                    .txn_committed(topic, *partition)
+                    .map_or(p.committed_offset, |t| t.max(p.committed_offset));
+                if let Some(lag) = committed_lag(p.hi_offset, p.lo_offset, committed) {
                     self.metrics.set_lag(topic, *partition, lag);
                 }
                 if p.app_offset >= 0 {
@@ -171,9 +201,15 @@ impl ConsumerContext for FleetContext {
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 self.metrics.set_assigned(0);
+                let mut txn = self
+                    .txn_committed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for e in tpl.elements() {
                     self.metrics.forget_lag(e.topic(), e.partition());
+                    txn.remove(&(e.topic().to_owned(), e.partition()));
                 }
+                drop(txn);
                 if let Some(tx) = &self.rebalances {
                     let _ = tx.send(Rebalanced::Revoked(parts(tpl)));
                 }
@@ -254,6 +290,7 @@ fn group_consumer(
     Ok(c.create_with_context(FleetContext {
         metrics,
         rebalances,
+        txn_committed: std::sync::Mutex::default(),
     })?)
 }
 

@@ -194,6 +194,7 @@ impl Runtime {
             rebalances,
             summary: RunSummary::default(),
             dlq_log: DeadLetterLog::default(),
+            stopping: false,
             shutdown,
         };
         let result = lp.run().await;
@@ -367,6 +368,8 @@ struct TaskLoop<'r, P: StatefulProcessor> {
     rebalances: tokio::sync::mpsc::UnboundedReceiver<kafka::Rebalanced>,
     summary: RunSummary,
     dlq_log: DeadLetterLog,
+    /// Set for the last commit, at shutdown.
+    stopping: bool,
     shutdown: CancellationToken,
 }
 
@@ -457,7 +460,8 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                 }
             }
         }
-        // Shutdown: commit what is open.
+        // Shutdown: commit what is open, and wait for it.
+        self.stopping = true;
         match self.commit().await {
             Ok(()) => Ok(()),
             Err(BatchError::Abort(why) | BatchError::Fatal(why)) => {
@@ -801,7 +805,11 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             }
         }
         match self.guarantee {
-            Guarantee::ExactlyOnce => self.commit_txn(offsets).await?,
+            Guarantee::ExactlyOnce => {
+                let tpl = offsets.clone();
+                self.commit_txn(offsets).await?;
+                self.consumer.context().note_committed(&tpl);
+            }
             Guarantee::AtLeastOnce => {
                 for fut in std::mem::take(&mut self.deliveries) {
                     match fut.await {
@@ -815,8 +823,16 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                     }
                 }
                 if offsets.count() > 0 {
+                    // Asynchronous while running (the next commit supersedes a lost one);
+                    // synchronous at shutdown, so that a drained instance's offsets are the
+                    // end of what it processed.
+                    let mode = if self.stopping {
+                        CommitMode::Sync
+                    } else {
+                        CommitMode::Async
+                    };
                     self.consumer
-                        .commit(&offsets, CommitMode::Async)
+                        .commit(&offsets, mode)
                         .map_err(|e| BatchError::Abort(format!("committing offsets: {e}")))?;
                 }
             }
