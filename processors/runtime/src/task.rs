@@ -573,9 +573,16 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                     Duration::from_secs(10),
                 )
             {
-                return Err(BatchError::Fatal(format!(
-                    "rewinding {topic}/{partition} to {committed}: {e}"
-                )));
+                if self.still_assigned(topic, *partition) {
+                    // Reading on from where the consumer is would skip the aborted inputs.
+                    return Err(BatchError::Fatal(format!(
+                        "rewinding {topic}/{partition} to {committed}: {e}"
+                    )));
+                }
+                // Taken away meanwhile (a zombie fenced by the group): its new owner starts
+                // from the committed offset; if it comes back, it is restored then.
+                tracing::info!(topic, partition, "not rewound: no longer assigned");
+                continue;
             }
             self.tasks.insert(
                 (Arc::from(topic.as_str()), *partition),
@@ -595,6 +602,15 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             "state restored"
         );
         Ok(())
+    }
+
+    /// Whether the consumer still holds `topic`/`partition` (true when it cannot tell).
+    fn still_assigned(&self, topic: &str, partition: i32) -> bool {
+        self.consumer.assignment().map_or(true, |a| {
+            a.elements()
+                .iter()
+                .any(|e| e.topic() == topic && e.partition() == partition)
+        })
     }
 
     fn begin(&mut self) -> Result<(), BatchError> {
@@ -644,6 +660,14 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             }
         }
         self.begin()?;
+        {
+            // Touched before it is handled: if handling fails, the abort rewinds to it.
+            let task = self.tasks.get_mut(&key).expect("restored above");
+            if !task.touched {
+                task.touched = true;
+                task.batch_first = offset;
+            }
+        }
         self.out.clear();
         let payload = msg.payload().unwrap_or(&[]);
         let mut dead: Option<(&'static str, String)> = None;
@@ -705,10 +729,6 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
         }
         self.send_staged().await?;
         let task = self.tasks.get_mut(&key).expect("restored above");
-        if !task.touched {
-            task.touched = true;
-            task.batch_first = offset;
-        }
         task.next = offset + 1;
         self.batch_inputs += 1;
         Ok(())
