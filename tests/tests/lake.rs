@@ -630,3 +630,42 @@ async fn a_zombie_sink_is_fenced_by_the_lake_and_writes_nothing() {
     assert_eq!(got.len(), want);
     assert!(got.values().all(|(n, _)| *n == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_sink_retrying_an_unreachable_lake_at_once() {
+    let mut case = Case::new(true).await;
+    let target = case
+        .s3
+        .endpoint
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let switch = Switch::start(target).await;
+    switch.set(false);
+    for (k, v) in &mut case.env {
+        if *k == "FLEET_S3_ENDPOINT" {
+            *v = format!("http://{}", switch.addr);
+        }
+    }
+    testkit::populate_topic(&case.topic, &case.records[..50]).await;
+    let p = Proc::start("lake-sink", &case.env);
+    // It consumes, and retries recovering the partitions' lake state (the lake is down).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, m) = p.get("/metrics").await.unwrap_or_default();
+        let retries: Vec<&str> = m.lines().filter(|l| l.contains("lake_commit")).collect();
+        if fleet_e2e::metric_sum(&retries.join("\n"), "fleet_processor_retries_total") > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never retried:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Before the retry loops gave way to shutdown, this waited for the lake forever.
+    let status = p.terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit on SIGTERM while retrying: {status:?}"
+    );
+}

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_runtime::Runtime;
+use fleet_runtime::backoff::Backoff;
 use fleet_runtime::kafka::{self, Consumer};
 use fleet_runtime::metrics::now_ms;
 use fleet_runtime::runner::{KafkaSource, kafka_dead_letter};
@@ -177,6 +178,8 @@ pub struct Sink<'a> {
     plans: HashMap<(usize, u32), Result<Arc<Plan>, String>>,
     counters: Counters,
     summary: SinkSummary,
+    /// Fired at shutdown: retry loops give way to it.
+    stop: CancellationToken,
     /// Consumption paused for backpressure.
     paused: bool,
     /// Partitions another instance claimed in the lake: ignored until the next rebalance.
@@ -227,6 +230,7 @@ impl<'a> Sink<'a> {
             counters,
             summary: SinkSummary::default(),
             paused: false,
+            stop: CancellationToken::new(),
             fenced: std::collections::HashSet::new(),
             since_check: 0,
         })
@@ -237,6 +241,7 @@ impl<'a> Sink<'a> {
         // The loop borrows its own handle, so a received message can be handled in place
         // (no copy of each payload).
         let consumer = self.consumer.clone();
+        self.stop = shutdown.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -257,7 +262,16 @@ impl<'a> Sink<'a> {
                     self.backpressure();
                 }
                 msg = consumer.recv() => match msg {
-                    Ok(m) => self.on_message(&m).await?,
+                    Ok(m) => match self.on_message(&m).await {
+                        Ok(()) => {}
+                        // A retry given up for shutdown: the record was not taken (its
+                        // offset is not covered); commit the rest and stop.
+                        Err(e) if shutdown.is_cancelled() => {
+                            tracing::info!(error = %e, "stopped while retrying");
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
                     Err(e) => tracing::warn!(error = %e, "consumer error"),
                 },
             }
@@ -492,7 +506,7 @@ impl<'a> Sink<'a> {
     }
 
     async fn recover(&self, t: usize, partition: i32) -> fleet_runtime::Result<PartitionWriter> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match PartitionWriter::recover(
                 &self.lake,
@@ -514,8 +528,9 @@ impl<'a> Sink<'a> {
                 Err(e) => {
                     tracing::warn!(error = %e, topic = &*self.topics[t], partition, "recovering the partition's lake state failed; retrying");
                     self.counters.commit_failures.inc();
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    if !backoff.wait(&self.stop).await {
+                        return Err(stopped("recovering a partition"));
+                    }
                 }
             }
         }
@@ -531,14 +546,15 @@ impl<'a> Sink<'a> {
         if let Some(p) = self.plans.get(&(t, id)) {
             return Ok(p.clone());
         }
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let schema = loop {
             match self.rt.registry.schema_by_id(id).await {
                 Ok(s) => break Ok(s),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, id, "schema registry unavailable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    if !backoff.wait(&self.stop).await {
+                        return Err(stopped("fetching a schema"));
+                    }
                 }
                 Err(e) => break Err(format!("schema id {id}: {e}")),
             }
@@ -568,11 +584,12 @@ impl<'a> Sink<'a> {
             detail,
             "record dead-lettered"
         );
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while let Err(e) = self.rt.dead_letter(&dl).await {
             tracing::warn!(error = %e, "dead-letter produce failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            if !backoff.wait(&self.stop).await {
+                return Err(stopped("writing a dead letter"));
+            }
         }
         self.rt.metrics.dead_letters(reason).inc();
         self.counters.dead.inc();
@@ -582,4 +599,9 @@ impl<'a> Sink<'a> {
         }
         Ok(())
     }
+}
+
+/// The error of a retry given up because the sink is stopping.
+fn stopped(what: &str) -> fleet_runtime::Error {
+    fleet_runtime::Error::Fatal(format!("stopped while {what}"))
 }

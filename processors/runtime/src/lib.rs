@@ -66,6 +66,7 @@
 //! }
 //! ```
 
+pub mod backoff;
 pub mod config;
 mod error;
 pub mod http;

@@ -66,6 +66,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, RunnerConfig, Section};
 use crate::kafka::{self, Consumer, ProducerProfile};
 use crate::metrics::{Metrics, now_ms};
@@ -961,7 +962,7 @@ impl<P: Processor> Loop<'_, P> {
         let topic = msg.topic();
         self.count_reprocessed(topic, msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or(&[]);
-        let mut delay = self.rt.runner.retry_initial;
+        let mut backoff = self.backoff();
         let mut dead = false;
         // Decode, retrying only while the registry is unreachable.
         let record = loop {
@@ -969,12 +970,12 @@ impl<P: Processor> Loop<'_, P> {
                 Ok(r) => break Some(r),
                 Err(e) if e.is_transient() => {
                     self.counters.retry_decode.inc();
-                    tracing::warn!(error = %e, "decode needs the registry; retrying in {delay:?}");
+                    tracing::warn!(error = %e, "decode needs the registry; retrying in {:?}", backoff.delay());
                     self.rt
                         .metrics
                         .health
                         .set_failing(Some(&format!("decoding (registry): {e}")), now_ms());
-                    if self.backoff(&mut delay).await {
+                    if !backoff.wait(&self.shutdown).await {
                         return Ok(Step::Stop);
                     }
                 }
@@ -1005,12 +1006,12 @@ impl<P: Processor> Loop<'_, P> {
                     }
                     Err(ProcessError::Transient(m)) => {
                         self.counters.retry_process.inc();
-                        tracing::warn!(error = %m, offset = msg.offset(), "transient; retrying in {delay:?}");
+                        tracing::warn!(error = %m, offset = msg.offset(), "transient; retrying in {:?}", backoff.delay());
                         self.rt.metrics.health.set_failing(
                             Some(&format!("{topic}/{}: {m}", msg.partition())),
                             now_ms(),
                         );
-                        if self.backoff(&mut delay).await {
+                        if !backoff.wait(&self.shutdown).await {
                             self.out.clear();
                             return Ok(Step::Stop);
                         }
@@ -1045,14 +1046,9 @@ impl<P: Processor> Loop<'_, P> {
         arc
     }
 
-    /// Sleeps `delay` (doubling it up to the cap); true if shutdown fired meanwhile.
-    async fn backoff(&self, delay: &mut Duration) -> bool {
-        let stop = tokio::select! {
-            _ = self.shutdown.cancelled() => true,
-            _ = tokio::time::sleep(*delay) => false,
-        };
-        *delay = (*delay * 2).min(self.rt.runner.retry_max);
-        stop
+    /// The retry delays of one input.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.rt.runner.retry_initial, self.rt.runner.retry_max)
     }
 
     fn stage_dead_letter(

@@ -60,6 +60,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::kafka::{self, Consumer};
 use crate::metrics::now_ms;
 use crate::runner::{DeadLetterLog, KafkaSource, kafka_dead_letter};
@@ -387,7 +388,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.shutdown.clone();
         let consumer: &Consumer = self.consumer;
-        let mut delay = self.rt.runner.retry_initial;
+        let mut backoff = Backoff::new(self.rt.runner.retry_initial, self.rt.runner.retry_max);
         loop {
             let deadline = self
                 .open
@@ -436,21 +437,16 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             };
             match step {
                 Ok(()) => {
-                    delay = self.rt.runner.retry_initial;
+                    backoff.reset();
                 }
                 Err(BatchError::Abort(why)) => {
                     self.rt.metrics.retries("batch").inc();
-                    tracing::warn!(reason = %why, "batch aborted; restoring state and rewinding to the last commit in {delay:?}");
+                    tracing::warn!(reason = %why, "batch aborted; restoring state and rewinding to the last commit in {:?}", backoff.delay());
                     self.rt.metrics.health.set_failing(Some(&why), now_ms());
                     if let Err(BatchError::Fatal(e)) = self.abort().await {
                         return Err(Error::Fatal(e));
                     }
-                    let stop = tokio::select! {
-                        _ = shutdown.cancelled() => true,
-                        _ = tokio::time::sleep(delay) => false,
-                    };
-                    delay = (delay * 2).min(self.rt.runner.retry_max);
-                    if stop {
+                    if !backoff.wait(&shutdown).await {
                         break;
                     }
                 }
