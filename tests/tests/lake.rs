@@ -480,6 +480,24 @@ impl Switch {
     fn set(&self, up: bool) {
         self.up.send_replace(up);
     }
+
+    /// A switch between the case's sink and its S3 endpoint.
+    async fn before_lake(case: &mut Case) -> Self {
+        let target = case
+            .s3
+            .endpoint
+            .clone()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_owned();
+        let switch = Self::start(target).await;
+        for (k, v) in &mut case.env {
+            if *k == "FLEET_S3_ENDPOINT" {
+                *v = format!("http://{}", switch.addr);
+            }
+        }
+        switch
+    }
 }
 
 /// `fleet_buffered_bytes{stage="lake_commit"}` of the sink.
@@ -499,19 +517,7 @@ async fn buffered(p: &Proc) -> f64 {
 async fn a_lake_refusing_writes_pauses_the_sink_with_memory_bounded_and_loses_nothing() {
     const LIMIT: usize = 256 << 10;
     let mut case = Case::new(true).await;
-    let target = case
-        .s3
-        .endpoint
-        .clone()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_owned();
-    let switch = Switch::start(target).await;
-    for (k, v) in &mut case.env {
-        if *k == "FLEET_S3_ENDPOINT" {
-            *v = format!("http://{}", switch.addr);
-        }
-    }
+    let switch = Switch::before_lake(&mut case).await;
     case.env
         .push(("FLEET__APP__MAX_BUFFERED_BYTES", LIMIT.to_string()));
     // The whole input is ~1 MB of Avro: far above the limit.
@@ -634,20 +640,8 @@ async fn a_zombie_sink_is_fenced_by_the_lake_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_a_sink_retrying_an_unreachable_lake_at_once() {
     let mut case = Case::new(true).await;
-    let target = case
-        .s3
-        .endpoint
-        .clone()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_owned();
-    let switch = Switch::start(target).await;
+    let switch = Switch::before_lake(&mut case).await;
     switch.set(false);
-    for (k, v) in &mut case.env {
-        if *k == "FLEET_S3_ENDPOINT" {
-            *v = format!("http://{}", switch.addr);
-        }
-    }
     testkit::populate_topic(&case.topic, &case.records[..50]).await;
     let p = Proc::start("lake-sink", &case.env);
     // It consumes, and retries recovering the partitions' lake state (the lake is down).

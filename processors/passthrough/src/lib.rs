@@ -83,6 +83,15 @@ impl Passthrough {
     }
 }
 
+impl Passthrough {
+    /// Refuses an out-of-range position (poison).
+    fn check(r: &TelemetryReading) -> Result<(), ProcessError> {
+        r.position
+            .check()
+            .map_err(|why| ProcessError::poison("invalid_position", why))
+    }
+}
+
 impl Processor for Passthrough {
     type Input = TelemetryReading;
 
@@ -91,11 +100,8 @@ impl Processor for Passthrough {
         input: &Input<'_, TelemetryReading>,
         out: &mut Outputs,
     ) -> Result<(), ProcessError> {
-        let r = &input.record;
-        r.position
-            .check()
-            .map_err(|why| ProcessError::poison("invalid_position", why))?;
-        out.push(&self.output, &self.encoder, r)
+        Self::check(&input.record)?;
+        out.push(&self.output, &self.encoder, &input.record)
     }
 }
 
@@ -114,9 +120,7 @@ impl StatefulProcessor for Passthrough {
         out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let r = &input.record;
-        r.position
-            .check()
-            .map_err(|why| ProcessError::poison("invalid_position", why))?;
+        Self::check(r)?;
         if self.dedupe_ids > 0 {
             if state
                 .get(&r.vehicle_id)
