@@ -196,6 +196,7 @@ impl Runtime {
             summary: RunSummary::default(),
             dlq_log: DeadLetterLog::default(),
             stopping: false,
+            commits: 0,
             shutdown,
         };
         let result = lp.run().await;
@@ -371,6 +372,8 @@ struct TaskLoop<'r, P: StatefulProcessor> {
     dlq_log: DeadLetterLog,
     /// Set for the last commit, at shutdown.
     stopping: bool,
+    /// Batches committed.
+    commits: u64,
     shutdown: CancellationToken,
 }
 
@@ -389,6 +392,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
         let shutdown = self.shutdown.clone();
         let consumer: &Consumer = self.consumer;
         let mut backoff = Backoff::new(self.rt.runner.retry_initial, self.rt.runner.retry_max);
+        let mut commits_seen = self.commits;
         loop {
             let deadline = self
                 .open
@@ -437,7 +441,12 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             };
             match step {
                 Ok(()) => {
-                    backoff.reset();
+                    // Back to the first delay once a batch commits again (not after any
+                    // step: a tick between two failing attempts is no recovery).
+                    if self.commits != commits_seen {
+                        commits_seen = self.commits;
+                        backoff.reset();
+                    }
                 }
                 Err(BatchError::Abort(why)) => {
                     self.rt.metrics.retries("batch").inc();
@@ -862,6 +871,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
         }
         self.open = None;
         self.batch_inputs = 0;
+        self.commits += 1;
         let now = now_ms();
         self.rt.metrics.health.set_failing(None, now);
         self.rt.metrics.health.progress(now);
