@@ -109,11 +109,16 @@ impl Run {
         }
     }
 
-    fn start(&self, instance: &str) -> Proc {
-        self.start_as(instance, "exactly_once")
+    fn start_as(&self, instance: &str, guarantee: &str) -> Proc {
+        self.start_with(instance, guarantee, &[])
     }
 
-    fn start_as(&self, instance: &str, guarantee: &str) -> Proc {
+    fn start_with(
+        &self,
+        instance: &str,
+        guarantee: &str,
+        extra: &[(&'static str, String)],
+    ) -> Proc {
         let mut env = vec![
             ("FLEET_KAFKA_BROKERS", testkit::brokers()),
             ("FLEET_SCHEMA_REGISTRY_URL", testkit::registry_url()),
@@ -127,6 +132,7 @@ impl Run {
             ("FLEET__KAFKA__CREATE_TOPICS", "false".into()),
         ];
         env.extend(fast_rejoin());
+        env.extend_from_slice(extra);
         Proc::start(BIN, &env)
     }
 
@@ -305,17 +311,21 @@ async fn a_zombie_whose_partitions_moved_is_fenced_and_duplicates_nothing() {
     let producer = tokio::spawn(async move {
         testkit::populate_topic_paced(&input, &records, 500).await;
     });
-    let a = s.start("a");
+    // A transaction left open this long is aborted by the broker: the stalled instance below
+    // outlives it, so its producer is fenced when it wakes up.
+    let short = [("FLEET__RUNNER__TRANSACTION_TIMEOUT", "2s".to_owned())];
+    let a = s.start_with("a", "exactly_once", &short);
     assert!(wait_progress(&a).await, "a: no progress");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A stalls with a batch open (a GC pause, a frozen VM): its session expires and B takes
     // every partition, restoring their state from the changelog.
     a.signal("STOP");
-    let b = s.start("b");
+    let b = s.start_with("b", "exactly_once", &short);
     assert!(wait_progress(&b).await, "b: no progress");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // A wakes up and tries to commit what it had: fenced by the group generation, it aborts,
-    // rejoins and shares the partitions with B.
+    // A wakes up and tries to commit what it had: its transaction was aborted (its producer
+    // is fenced: replaced) or its offsets are refused (it left the group): either way its
+    // batch is aborted, and it rejoins and shares the partitions with B.
     a.signal("CONT");
     producer.await.expect("producer task");
     s.check_exactly_once(&out, &dlq).await;

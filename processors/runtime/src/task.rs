@@ -158,16 +158,9 @@ impl Runtime {
         let group = self.group_id();
         let changelog = changelog_topic(&group);
         self.ensure_changelog(&changelog, topics).await?;
+        let txn_id = format!("{group}-{}", instance_id(&self.runner.instance_id));
         let producer = match guarantee {
-            Guarantee::ExactlyOnce => {
-                let id = format!("{group}-{}", instance_id(&self.runner.instance_id));
-                let (cfg, timeout) = (self.kafka.clone(), self.runner.transaction_timeout);
-                tokio::task::spawn_blocking(move || {
-                    kafka::transactional_producer_with(&cfg, &id, timeout)
-                })
-                .await
-                .map_err(|e| Error::Fatal(format!("initialising transactions: {e}")))??
-            }
+            Guarantee::ExactlyOnce => self.init_transactions(&txn_id).await?,
             Guarantee::AtLeastOnce => self.producer.clone(),
         };
         let (rebalances_tx, rebalances) = tokio::sync::mpsc::unbounded_channel();
@@ -184,6 +177,8 @@ impl Runtime {
             guarantee,
             consumer: &consumer,
             producer,
+            txn_id,
+            fenced_at: std::collections::VecDeque::new(),
             changelog: Arc::from(changelog.as_str()),
             decoder: Decoder::<P::Input>::new(self.registry.clone()),
             processor,
@@ -203,6 +198,19 @@ impl Runtime {
         let summary = lp.summary.clone();
         tracing::info!(?summary, "state run loop stopped");
         result.map(|()| summary)
+    }
+
+    /// A transactional producer with `id`, its transactions initialised (which aborts what a
+    /// previous producer with the same id left open).
+    async fn init_transactions(&self, id: &str) -> Result<FutureProducer> {
+        let (cfg, timeout, id) = (
+            self.kafka.clone(),
+            self.runner.transaction_timeout,
+            id.to_owned(),
+        );
+        tokio::task::spawn_blocking(move || kafka::transactional_producer_with(&cfg, &id, timeout))
+            .await
+            .map_err(|e| Error::Fatal(format!("initialising transactions: {e}")))?
     }
 
     /// Creates the changelog topic (compacted, as many partitions as the widest input topic)
@@ -357,6 +365,10 @@ struct TaskLoop<'r, P: StatefulProcessor> {
     guarantee: Guarantee,
     consumer: &'r Consumer,
     producer: FutureProducer,
+    /// `exactly_once`: the producer's transactional id.
+    txn_id: String,
+    /// When the producer was last fenced (at most [`MAX_FENCES`] within [`FENCE_WINDOW`]).
+    fenced_at: std::collections::VecDeque<Instant>,
     changelog: Arc<str>,
     decoder: Decoder<P::Input>,
     processor: P,
@@ -377,8 +389,18 @@ struct TaskLoop<'r, P: StatefulProcessor> {
     shutdown: CancellationToken,
 }
 
+/// A producer fenced this often within [`FENCE_WINDOW`] means another live instance has the
+/// same transactional id (`runner.instance_id` not unique): stop instead of fencing it back.
+const MAX_FENCES: usize = 3;
+/// See [`MAX_FENCES`].
+const FENCE_WINDOW: Duration = Duration::from_secs(60);
+
 /// Why a batch could not be committed.
 enum BatchError {
+    /// The producer was fenced: its open transaction is gone (the broker aborted it after
+    /// `runner.transaction_timeout`, e.g. while this process was paused, or a newer producer
+    /// with the same id started). A new producer is created and the batch handled as aborted.
+    Fenced(String),
     /// Abort the batch, restore the touched partitions, rewind, go on.
     Abort(String),
     /// Stop the loop (fenced producer, broken invariant).
@@ -452,11 +474,25 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                     self.rt.metrics.retries("batch").inc();
                     tracing::warn!(reason = %why, "batch aborted; restoring state and rewinding to the last commit in {:?}", backoff.delay());
                     self.rt.metrics.health.set_failing(Some(&why), now_ms());
-                    if let Err(BatchError::Fatal(e)) = self.abort().await {
-                        return Err(Error::Fatal(e));
+                    match self.abort().await {
+                        Err(BatchError::Fatal(e)) => return Err(Error::Fatal(e)),
+                        Err(BatchError::Fenced(why)) => {
+                            self.refence(why).await?;
+                            if let Err(BatchError::Fatal(e)) = self.abort().await {
+                                return Err(Error::Fatal(e));
+                            }
+                        }
+                        _ => {}
                     }
                     if !backoff.wait(&shutdown).await {
                         break;
+                    }
+                }
+                Err(BatchError::Fenced(why)) => {
+                    tracing::warn!(reason = %why, "producer fenced; creating a new one, restoring state and rewinding to the last commit");
+                    self.refence(why).await?;
+                    if let Err(BatchError::Fatal(e)) = self.abort().await {
+                        return Err(Error::Fatal(e));
                     }
                 }
                 Err(BatchError::Fatal(e)) => {
@@ -469,12 +505,35 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
         self.stopping = true;
         match self.commit().await {
             Ok(()) => Ok(()),
+            Err(BatchError::Fenced(why)) => {
+                tracing::warn!(reason = %why, "final commit fenced; the open batch is processed again after restart");
+                Ok(())
+            }
             Err(BatchError::Abort(why) | BatchError::Fatal(why)) => {
                 let _ = self.abort_txn().await;
                 tracing::warn!(reason = %why, "final commit failed; the open batch is processed again after restart");
                 Ok(())
             }
         }
+    }
+
+    /// Replaces a fenced producer (its transaction is gone: nothing to abort), unless it was
+    /// fenced too often to be a paused process.
+    async fn refence(&mut self, why: String) -> Result<()> {
+        let now = Instant::now();
+        self.fenced_at
+            .retain(|t| now.duration_since(*t) < FENCE_WINDOW);
+        self.fenced_at.push_back(now);
+        if self.fenced_at.len() >= MAX_FENCES {
+            return Err(Error::Fatal(format!(
+                "producer fenced {MAX_FENCES} times within {FENCE_WINDOW:?} ({why}): is another \
+                 instance running with the same runner.instance_id?"
+            )));
+        }
+        self.open = None;
+        self.deliveries.clear();
+        self.producer = self.rt.init_transactions(&self.txn_id).await?;
+        Ok(())
     }
 
     fn topic_arc(&self, topic: &str) -> Arc<str> {
@@ -926,7 +985,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
         tokio::task::spawn_blocking(move || producer.abort_transaction(TXN_TIMEOUT))
             .await
             .map_err(|e| BatchError::Fatal(format!("abort task: {e}")))?
-            .map_err(|e| BatchError::Fatal(format!("aborting the transaction: {e}")))
+            .map_err(|e| classify(&e, "aborting the transaction"))
     }
 
     /// Aborts the open batch: its partitions' state is restored from the changelog and the
@@ -959,13 +1018,11 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
     }
 }
 
-/// A transactional error as the loop treats it: fatal (fenced, or the producer is unusable)
-/// or abortable.
+/// A transactional error as the loop treats it: fatal to the producer (fenced, or otherwise
+/// unusable: replaced) or abortable.
 fn classify(e: &KafkaError, what: &str) -> BatchError {
     match e {
-        KafkaError::Transaction(t) if t.is_fatal() => BatchError::Fatal(format!(
-            "{what}: {t} (fenced by a newer instance with the same transactional id?)"
-        )),
+        KafkaError::Transaction(t) if t.is_fatal() => BatchError::Fenced(format!("{what}: {t}")),
         _ => BatchError::Abort(format!("{what}: {e}")),
     }
 }
