@@ -23,6 +23,12 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy (warnings are errors)"
 cargo clippy -q --workspace --all-targets --features fleet-e2e/stack -- -D warnings
+# Alert and recording rules: syntax, and their unit tests (series in, alerts out). promtool
+# comes with Debian's prometheus package.
+need_apt prometheus
+log "promtool check rules + test rules (deploy/prometheus)"
+promtool check rules deploy/prometheus/rules.yml
+(cd deploy/prometheus && promtool test rules rules.test.yml)
 
 features=()
 if ((unit_only == 0)); then

@@ -16,6 +16,13 @@
 //! | `fleet_processor_reprocessed_records_total` | component, topic | inputs at or below a partition's offset already processed by an earlier run (read from the commit metadata): the cost of a restart; 0 after a clean drain |
 //! | `fleet_consumer_assigned_partitions` | component | partitions currently assigned |
 //! | `fleet_stage_latency_seconds` | component, stage | histogram of a stage's latency (for example `mqtt_to_kafka_ack`) |
+//! | `fleet_ready` | component | 1 when `/health/ready` answers 200, else 0 (computed at scrape time) |
+//! | `fleet_dependency_up` | component, dependency | 1 while an external dependency (an MQTT connection, ...) is connected |
+//! | `fleet_process_cpu_seconds_total` | component | CPU time of the process (user + system, from `/proc/self/stat`) |
+//! | `fleet_process_resident_memory_bytes` | component | resident memory of the process |
+//!
+//! Alerts and recording rules over these live in `deploy/prometheus/rules.yml`, with promtool
+//! unit tests beside them (run by `scripts/test.sh`).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -61,6 +68,11 @@ pub struct Metrics {
     reprocessed: Family<Labels, Counter>,
     assigned: Family<Labels, Gauge>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
+    ready: Family<Labels, Gauge>,
+    dependency_up: Family<Labels, Gauge>,
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    cpu_ticks_seen: std::sync::atomic::AtomicU64,
+    resident_bytes: Gauge,
     /// Readiness inputs.
     pub health: Health,
 }
@@ -144,6 +156,30 @@ impl Metrics {
             "Latency of a pipeline stage, seconds",
             latency.clone(),
         );
+        let ready = Family::<Labels, Gauge>::default();
+        let dependency_up = Family::<Labels, Gauge>::default();
+        let cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let resident_bytes = Gauge::default();
+        registry.register(
+            "fleet_ready",
+            "1 when /health/ready answers 200, else 0 (at scrape time)",
+            ready.clone(),
+        );
+        registry.register(
+            "fleet_dependency_up",
+            "1 when an external dependency (an MQTT connection, ...) is connected, else 0",
+            dependency_up.clone(),
+        );
+        registry.register(
+            "fleet_process_cpu_seconds",
+            "CPU time (user + system) used by the process, seconds",
+            cpu_seconds.clone(),
+        );
+        registry.register(
+            "fleet_process_resident_memory_bytes",
+            "Resident memory of the process, bytes",
+            resident_bytes.clone(),
+        );
         Arc::new(Self {
             component,
             registry,
@@ -159,6 +195,11 @@ impl Metrics {
             reprocessed,
             assigned,
             latency,
+            ready,
+            dependency_up,
+            cpu_seconds,
+            cpu_ticks_seen: std::sync::atomic::AtomicU64::new(0),
+            resident_bytes,
             health: Health::default(),
         })
     }
@@ -259,12 +300,65 @@ impl Metrics {
         self.assigned.get_or_create(&self.labels(&[])).set(n as i64);
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (scrape-time values refreshed first).
     pub fn encode(&self) -> String {
+        self.refresh();
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+impl Metrics {
+    /// Sets the values read at scrape time: readiness, dependencies, CPU and memory.
+    fn refresh(&self) {
+        let ready = self.health.ready(now_ms()).is_ok();
+        self.ready
+            .get_or_create(&self.labels(&[]))
+            .set(i64::from(ready));
+        if let Ok(deps) = self.health.deps.lock() {
+            for (name, up) in deps.iter() {
+                self.dependency_up
+                    .get_or_create(&self.labels(&[("dependency", name)]))
+                    .set(i64::from(*up));
+            }
+        }
+        if let Some((ticks, rss_pages)) = proc_self() {
+            let seen = self.cpu_ticks_seen.swap(ticks, Ordering::Relaxed);
+            if ticks > seen {
+                self.cpu_seconds
+                    .inc_by((ticks - seen) as f64 / CLOCK_TICKS_PER_S);
+            }
+            self.resident_bytes
+                .set(i64::try_from(rss_pages * PAGE_BYTES).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Linux's `USER_HZ` (100 on every mainstream architecture; `sysconf(_SC_CLK_TCK)` without
+/// a libc binding).
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+/// Page size of `/proc/self/statm` (4 KiB on x86-64 and most arm64 kernels).
+const PAGE_BYTES: u64 = 4096;
+
+/// CPU ticks (user + system) and resident pages of this process, from `/proc/self` (Linux;
+/// `None` elsewhere).
+fn proc_self() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let ticks = parse_cpu_ticks(&stat)?;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let rss = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some((ticks, rss))
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line (fields 14 and 15; the command name in
+/// parentheses may contain spaces).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// What readiness is computed from.
@@ -417,6 +511,42 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrapes_carry_readiness_dependencies_cpu_and_memory() {
+        let m = Metrics::new("test-proc");
+        m.health.set_dependency("mqtt", false);
+        let text = m.encode();
+        assert!(
+            text.contains("fleet_ready{component=\"test-proc\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fleet_dependency_up{component=\"test-proc\",dependency=\"mqtt\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("fleet_process_cpu_seconds_total"), "{text}");
+        let rss = text
+            .lines()
+            .find(|l| l.starts_with("fleet_process_resident_memory_bytes "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(rss.is_some_and(|v| v > 0.0), "{text}");
+        m.health.set_dependency("mqtt", true);
+        m.health.consumer_optional();
+        let text = m.encode();
+        assert!(
+            text.contains("fleet_ready{component=\"test-proc\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_command_name_with_spaces() {
+        let stat = "4242 (my (odd) proc) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
 
     #[test]
     fn counters_export_with_total_suffix_and_labels() {
