@@ -389,18 +389,20 @@ where
     }
 }
 
-struct Counters {
-    ok: Vec<(String, Counter)>,
-    dead: Vec<(String, Counter)>,
+/// Metric handles of a run loop, created once per topic (a handle lookup allocates its
+/// labels: not on the hot path).
+pub(crate) struct Counters {
+    pub(crate) ok: Vec<(String, Counter)>,
+    pub(crate) dead: Vec<(String, Counter)>,
     outputs: Vec<(Arc<str>, Counter)>,
     in_flight: Gauge,
-    retry_decode: Counter,
-    retry_process: Counter,
+    pub(crate) retry_decode: Counter,
+    pub(crate) retry_process: Counter,
     retry_produce: Counter,
 }
 
 impl Counters {
-    fn new(m: &Metrics) -> Self {
+    pub(crate) fn new(m: &Metrics) -> Self {
         Self {
             ok: Vec::new(),
             dead: Vec::new(),
@@ -412,7 +414,7 @@ impl Counters {
         }
     }
 
-    fn cached<'a>(
+    pub(crate) fn cached<'a>(
         cache: &'a mut Vec<(String, Counter)>,
         topic: &str,
         make: impl FnOnce() -> Counter,
@@ -427,7 +429,7 @@ impl Counters {
         &cache[idx].1
     }
 
-    fn output(&mut self, m: &Metrics, topic: &Arc<str>) {
+    pub(crate) fn output(&mut self, m: &Metrics, topic: &Arc<str>) {
         let idx = match self
             .outputs
             .iter()

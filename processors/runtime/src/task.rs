@@ -63,7 +63,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::kafka::{self, Consumer};
 use crate::metrics::now_ms;
-use crate::runner::{DeadLetterLog, KafkaSource, kafka_dead_letter};
+use crate::runner::{Counters, DeadLetterLog, KafkaSource, kafka_dead_letter};
 use crate::state::{ChangelogKey, State, checkpoint_key, parse_changelog_key, parse_checkpoint};
 use crate::{Error, Input, Outputs, ProcessError, Result, RunSummary, Runtime};
 
@@ -190,6 +190,7 @@ impl Runtime {
             rebalances,
             summary: RunSummary::default(),
             dlq_log: DeadLetterLog::default(),
+            counters: Counters::new(&self.metrics),
             stopping: false,
             commits: 0,
             shutdown,
@@ -382,6 +383,7 @@ struct TaskLoop<'r, P: StatefulProcessor> {
     rebalances: tokio::sync::mpsc::UnboundedReceiver<kafka::Rebalanced>,
     summary: RunSummary,
     dlq_log: DeadLetterLog,
+    counters: Counters,
     /// Set for the last commit, at shutdown.
     stopping: bool,
     /// Batches committed.
@@ -477,7 +479,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                     match self.abort().await {
                         Err(BatchError::Fatal(e)) => return Err(Error::Fatal(e)),
                         Err(BatchError::Fenced(why)) => {
-                            self.refence(why).await?;
+                            self.replace_producer(why).await?;
                             if let Err(BatchError::Fatal(e)) = self.abort().await {
                                 return Err(Error::Fatal(e));
                             }
@@ -490,7 +492,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                 }
                 Err(BatchError::Fenced(why)) => {
                     tracing::warn!(reason = %why, "producer fenced; creating a new one, restoring state and rewinding to the last commit");
-                    self.refence(why).await?;
+                    self.replace_producer(why).await?;
                     if let Err(BatchError::Fatal(e)) = self.abort().await {
                         return Err(Error::Fatal(e));
                     }
@@ -519,7 +521,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
 
     /// Replaces a fenced producer (its transaction is gone: nothing to abort), unless it was
     /// fenced too often to be a paused process.
-    async fn refence(&mut self, why: String) -> Result<()> {
+    async fn replace_producer(&mut self, why: String) -> Result<()> {
         let now = Instant::now();
         self.fenced_at
             .retain(|t| now.duration_since(*t) < FENCE_WINDOW);
@@ -701,7 +703,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             if self.guarantee == Guarantee::AtLeastOnce {
                 self.deliveries.push(fut);
             }
-            self.rt.metrics.outputs(&s.topic).inc();
+            self.counters.output(&self.rt.metrics, &s.topic);
         }
         self.summary.outputs += self.out.staged.len() as u64;
         Ok(())
@@ -754,7 +756,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                     Ok(()) => {}
                     Err(ProcessError::Poison { reason, detail }) => dead = Some((reason, detail)),
                     Err(ProcessError::Transient(m)) => {
-                        self.rt.metrics.retries("process").inc();
+                        self.counters.retry_process.inc();
                         return Err(BatchError::Abort(format!(
                             "{topic}/{}: {m}",
                             msg.partition()
@@ -764,7 +766,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                 }
             }
             Err(e) if e.is_transient() => {
-                self.rt.metrics.retries("decode").inc();
+                self.counters.retry_decode.inc();
                 return Err(BatchError::Abort(format!("decoding (registry): {e}")));
             }
             Err(e) => dead = Some(("decode_error", e.to_string())),
@@ -786,10 +788,18 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                 .push_keyed(&self.rt.dlq_topic, &k, &self.rt.dlq, &dl)
                 .map_err(|e| BatchError::Fatal(e.to_string()))?;
             self.summary.dead_lettered += 1;
-            self.rt.metrics.records(&topic, "dead_lettered").inc();
+            let metrics = &self.rt.metrics;
+            Counters::cached(&mut self.counters.dead, &topic, || {
+                metrics.records(&topic, "dead_lettered")
+            })
+            .inc();
         } else {
             self.summary.processed += 1;
-            self.rt.metrics.records(&topic, "ok").inc();
+            let metrics = &self.rt.metrics;
+            Counters::cached(&mut self.counters.ok, &topic, || {
+                metrics.records(&topic, "ok")
+            })
+            .inc();
         }
         self.send_staged().await?;
         let task = self.tasks.get_mut(&key).expect("restored above");
@@ -849,13 +859,21 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             .collect();
         for key in &keys {
             let task = self.tasks.get_mut(key).expect("listed above");
-            let changes = task
+            let mut records = task
                 .state
                 .take_changes(&key.0)
                 .map_err(|e| BatchError::Fatal(e.to_string()))?;
-            changed += changes.len();
-            let next = task.next;
-            for (k, v) in changes {
+            changed += records.len();
+            if task.next >= 0 {
+                records.push((
+                    checkpoint_key(&key.0),
+                    Some(task.next.to_string().into_bytes()),
+                ));
+                offsets
+                    .add_partition_offset(&key.0, key.1, Offset::Offset(task.next))
+                    .map_err(|e| BatchError::Fatal(e.to_string()))?;
+            }
+            for (k, v) in records {
                 let fut = kafka::send_to(
                     &self.producer,
                     &self.changelog,
@@ -868,24 +886,6 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                 if self.guarantee == Guarantee::AtLeastOnce {
                     self.deliveries.push(fut);
                 }
-            }
-            if next >= 0 {
-                let cp = next.to_string();
-                let fut = kafka::send_to(
-                    &self.producer,
-                    &self.changelog,
-                    Some(key.1),
-                    Some(&checkpoint_key(&key.0)),
-                    Some(cp.as_bytes()),
-                )
-                .await
-                .map_err(|e| BatchError::Abort(format!("writing the changelog: {e}")))?;
-                if self.guarantee == Guarantee::AtLeastOnce {
-                    self.deliveries.push(fut);
-                }
-                offsets
-                    .add_partition_offset(&key.0, key.1, Offset::Offset(next))
-                    .map_err(|e| BatchError::Fatal(e.to_string()))?;
             }
         }
         match self.guarantee {
