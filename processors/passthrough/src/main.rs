@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         Passthrough::new(&config.app.output_topic, encoder).dedupe(config.app.dedupe_ids);
     let topics = [config.app.input_topic.as_str()];
     // The run loops log their summary when they stop.
-    if config.app.dedupe_ids > 0 || config.runner.processing_guarantee == "exactly_once" {
+    if config.app.dedupe_ids > 0 || config.runner.exactly_once() {
         runtime.run_stateful(processor, &topics, token).await?;
     } else {
         runtime.run(processor, &topics, token).await?;

@@ -328,6 +328,14 @@ config_section! {
     }
 }
 
+impl RunnerConfig {
+    /// Whether `processing_guarantee` asks for exactly once (validated: otherwise at least
+    /// once).
+    pub fn exactly_once(&self) -> bool {
+        self.processing_guarantee == "exactly_once"
+    }
+}
+
 /// A binary's whole configuration: shared sections plus its own `app` section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]

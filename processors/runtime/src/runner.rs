@@ -319,7 +319,7 @@ impl Runtime {
         topics: &[&str],
         shutdown: CancellationToken,
     ) -> Result<RunSummary> {
-        if self.runner.processing_guarantee != "at_least_once" {
+        if self.runner.exactly_once() {
             return Err(Error::Config(format!(
                 "{} runs on the at-least-once loop: runner.processing_guarantee = {:?} needs \
                  a processor on the state runtime (fleet_runtime::task)",

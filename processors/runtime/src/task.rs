@@ -107,8 +107,8 @@ pub enum Guarantee {
 }
 
 impl Guarantee {
-    fn of(setting: &str) -> Self {
-        if setting == "exactly_once" {
+    fn of(runner: &crate::config::RunnerConfig) -> Self {
+        if runner.exactly_once() {
             Self::ExactlyOnce
         } else {
             Self::AtLeastOnce
@@ -154,7 +154,7 @@ impl Runtime {
         topics: &[&str],
         shutdown: CancellationToken,
     ) -> Result<RunSummary> {
-        let guarantee = Guarantee::of(&self.runner.processing_guarantee);
+        let guarantee = Guarantee::of(&self.runner);
         let group = self.group_id();
         let changelog = changelog_topic(&group);
         self.ensure_changelog(&changelog, topics).await?;
@@ -1033,8 +1033,14 @@ mod tests {
 
     #[test]
     fn the_guarantee_and_names_follow_the_config() {
-        assert_eq!(Guarantee::of("exactly_once"), Guarantee::ExactlyOnce);
-        assert_eq!(Guarantee::of("at_least_once"), Guarantee::AtLeastOnce);
+        let mut runner = crate::config::RunnerConfig::default();
+        assert_eq!(
+            Guarantee::of(&runner),
+            Guarantee::AtLeastOnce,
+            "the default"
+        );
+        runner.processing_guarantee = "exactly_once".into();
+        assert_eq!(Guarantee::of(&runner), Guarantee::ExactlyOnce);
         assert_eq!(
             changelog_topic("telemetry-processor"),
             "telemetry-processor-changelog"
