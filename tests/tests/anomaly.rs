@@ -130,7 +130,6 @@ impl Run {
             ("FLEET__APP__NOTIFICATIONS_TOPIC", notifications.clone()),
             ("FLEET__APP__SUSTAIN", "10s".into()),
             ("FLEET__APP__OFFLINE_AFTER", "60s".into()),
-            ("FLEET__APP__CHECKPOINT_INTERVAL", "1s".into()),
             // Event time only: no idle advancement while the test waits after the input.
             ("FLEET__APP__IDLE_TIMEOUT", "1h".into()),
             ("FLEET__RUNNER__TICK_INTERVAL", "250ms".into()),

@@ -5,9 +5,9 @@
 //! nothing again (`fleet_processor_reprocessed_records_total` and the input counters stay 0).
 //!
 //! The backlogs are small and old (event times an hour ago), so that the last windows of
-//! telemetry-processor close only by its idle timeout and the snapshots of anomaly- and
-//! deliveries-processor are what releases their offsets: the cases where a processor's hold,
-//! not its last input, decides what may be committed.
+//! telemetry-processor close only by its idle timeout: the case where a processor's hold, not
+//! its last input, decides what may be committed. Anomaly-, deliveries- and
+//! emergency-processor run on the state runtime, whose commits carry their state.
 #![cfg(feature = "stack")]
 
 use std::time::Duration;
@@ -220,7 +220,7 @@ async fn telemetry_processor_commits_to_the_end_including_idle_closed_windows() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anomaly_processor_commits_to_the_end_after_its_snapshots() {
+async fn anomaly_processor_commits_to_the_end() {
     let mut c = Case::new("anomaly-processor", &readings(30, 40)).await;
     for var in [
         "FLEET__APP__ANOMALIES_TOPIC",
@@ -231,12 +231,11 @@ async fn anomaly_processor_commits_to_the_end_after_its_snapshots() {
         c.topic(var, 1).await;
     }
     c.state_in(&temp_dir());
-    c.env.push(("FLEET__APP__CHECKPOINT_INTERVAL", "1s".into()));
     c.check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_processor_commits_to_the_end_after_its_snapshots() {
+async fn deliveries_processor_commits_to_the_end() {
     let base = now_ms() - 3_600_000;
     let mut events = Vec::new();
     for v in 0..12usize {
@@ -274,7 +273,6 @@ async fn deliveries_processor_commits_to_the_end_after_its_snapshots() {
     let mut c = Case::new("deliveries-processor", &events).await;
     c.topic("FLEET__APP__NOTIFICATIONS_TOPIC", 1).await;
     c.env.push(("FLEET__APP__PROFILES_TOPIC", String::new()));
-    c.env.push(("FLEET__APP__CHECKPOINT_INTERVAL", "1s".into()));
     c.state_in(&temp_dir());
     c.check().await;
 }

@@ -160,7 +160,6 @@ impl Run {
             ("FLEET__APP__PROFILES_TOPIC", String::new()),
             ("FLEET__APP__DWELL", format!("{DWELL_S}s")),
             ("FLEET__APP__POSITION_INTERVAL", "200ms".into()),
-            ("FLEET__APP__CHECKPOINT_INTERVAL", "1s".into()),
             (
                 "FLEET__KAFKA__GROUP_ID",
                 testkit::random_name(&format!("e2e.dlv.{name}")),

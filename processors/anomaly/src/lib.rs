@@ -15,26 +15,27 @@
 //! level. Device silence (offline) is judged against each partition's event-time watermark
 //! (which follows processing time once the partition is idle), on every timer tick.
 //!
-//! ## Delivery guarantee: no lost and no repeated alert after a crash
-//! * The rule state of every vehicle of a partition is snapshotted on a timer
-//!   (`checkpoint_interval`) together with the offset it covers, and the snapshot is written
-//!   to the state store (`checkpoints` table) only once every output of every input it covers
-//!   is acknowledged by Kafka ([`Processor::on_tick_durable`]).
-//! * The offset committed for a partition never passes its last written snapshot
-//!   ([`Processor::hold`]). After a crash the processor loads the snapshot, skips re-read
-//!   inputs the snapshot already covers, and evaluates the rest: the rules are deterministic
-//!   in event time, so it emits exactly the transitions the crashed instance had emitted (or
-//!   would have) after the snapshot, with the same `event_id`s (derived from vehicle, rule,
-//!   transition and the event time the episode started).
-//! * Records emitted between the last snapshot and the crash are therefore produced again,
-//!   as byte-identical records with the same `event_id` (at-least-once records, exactly-once
-//!   alerts by id): downstream de-duplicates by `event_id` (the emergency processor records an
-//!   incident once per id; the notifier's idempotency key is the notification id).
+//! ## Delivery guarantee
+//! The processor runs on the state runtime ([`fleet_runtime::task`]). A partition's state
+//! holds each vehicle's rules ([`Slot::Vehicle`]) and the partition's own clock
+//! ([`Slot::Partition`]: its event-time watermark), checkpointed by the runtime with the input
+//! offsets they cover and restored when the partition is assigned, so a partition that stays
+//! quiet after a restart still judges its vehicles' silence. The time the process was down is
+//! not silence: a restored watermark restarts its idle clock.
+//! * `runner.processing_guarantee = "exactly_once"`: anomalies, emergencies, notifications,
+//!   rule state and offsets commit in one Kafka transaction; a `read_committed` reader sees
+//!   every transition once.
+//! * `at_least_once` (the default): a crash repeats the outputs since the last commit, as
+//!   byte-identical records with the same `event_id` (derived from vehicle, rule, transition
+//!   and the event time the episode started; the rules are deterministic in event time):
+//!   downstream de-duplicates by `event_id` (the emergency processor records an incident once
+//!   per id; the notifier's idempotency key is the notification id).
 //!
 //! ## Bounded state
 //! A vehicle silent for `forget_after` (default 24 h, longer than `offline_after`, so it was
 //! reported offline first) is forgotten: its rules leave memory and the snapshots, and it
-//! starts afresh if it reports again (its old `offline` episode is then not CLEARED). Vehicles
+//! starts afresh if it reports again (its old `offline` episode is then not CLEARED); its key
+//! is removed from the checkpoints. Vehicles
 //! without a profile are capped per partition (`max_unprofiled_vehicles`): readings of further
 //! unknown ids are dead-lettered (`vehicle_limit`), so a client inventing ids cannot grow the
 //! state without bound; vehicles with a profile are always admitted (operators create those).
@@ -44,7 +45,6 @@
 //! with `fleetctl profiles load FILE`; a profile that does not validate goes to the dead-letter
 //! topic and the previous version stays in force.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,12 +54,11 @@ use fleet_domain::rules::{
     Alert, Observation, Observed, Rule, Thresholds, Transition, VehicleRules,
 };
 use fleet_runtime::metrics::{Metrics, now_ms};
-use fleet_runtime::{Input, Outputs, ProcessError, Processor, Table};
+use fleet_runtime::{Input, Outputs, ProcessError, State, StatefulProcessor, Table};
 use fleet_schemas::{
     Anomaly, AnomalyKind, AnomalyState, Channel, ContactRole, EmergencyEvent, EmergencyKind,
     Encoder, Notification, Position, Severity, TelemetryReading, ids,
 };
-use fleet_state::StateStore;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
@@ -78,11 +77,6 @@ fleet_runtime::config_section! {
         pub notifications_topic: String = "fleet.notifications".to_owned(),
         /// Topic of VehicleProfile records, read from the beginning as a table ("" = no profiles).
         pub profiles_topic: String = "fleet.vehicle-profiles".to_owned(),
-        /// State store URL (rule snapshots): sqlite://path or scylla://host:port/keyspace.
-        pub state_url: String = "sqlite://.fleet/state.db".to_owned(), env = "FLEET_STATE_URL",
-        /// How often the rule state of each partition is snapshotted (bounds the replay after a crash).
-        #[serde(with = "humantime_serde")]
-        pub checkpoint_interval: Duration = Duration::from_secs(5),
         /// How late a reading may be for the offline check's watermark.
         #[serde(with = "humantime_serde")]
         pub allowed_lateness: Duration = Duration::from_secs(10),
@@ -114,7 +108,7 @@ fleet_runtime::config_section! {
         #[serde(with = "humantime_serde")]
         pub correlation_window: Duration = Duration::from_secs(300),
         /// A vehicle with no reading for this long (event time, against its partition's
-        /// watermark) is forgotten: its rule state leaves memory and snapshots (it starts
+        /// watermark) is forgotten: its rule state leaves memory and checkpoints (it starts
         /// afresh if it reports again). Bounds the state of fleets whose vehicles come and go.
         #[serde(with = "humantime_serde")]
         pub forget_after: Duration = Duration::from_secs(24 * 3600),
@@ -209,39 +203,45 @@ fn lookup(
     profiles.get(vehicle).unwrap_or_else(|| default.clone())
 }
 
-/// What a partition's snapshot holds.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Snapshot {
-    watermark: Option<Watermark>,
-    vehicles: HashMap<String, VehicleRules>,
-    /// How many of `vehicles` have no profile (recounted on load and on every forget pass).
-    #[serde(skip)]
+/// The key of a partition's own entry in its state. Vehicle ids never start with NUL (such
+/// readings are refused), so it cannot collide with one.
+pub const PARTITION_KEY: &str = "\u{0}partition";
+
+/// One entry of a partition's state: a vehicle's rules, or (under [`PARTITION_KEY`]) the
+/// partition's clock.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Slot {
+    /// The rule state of one vehicle.
+    Vehicle(Box<VehicleRules>),
+    /// The partition's own state.
+    Partition(PartitionClock),
+}
+
+/// A partition's event-time clock and admission count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionClock {
+    watermark: Watermark,
+    /// How many vehicles of the partition have no profile (recounted on every tick).
     unprofiled: usize,
+    /// False in a state restored by this process, until its idle clock is restarted.
+    #[serde(skip)]
+    live: bool,
 }
 
-/// One input partition's state.
-#[derive(Debug)]
-struct Part {
-    state: Snapshot,
-    /// Inputs below this offset are covered by the loaded snapshot: skipped.
-    skip_below: i64,
-    /// The offset the committed position must not pass (last durable snapshot, or the first
-    /// input of this run while there is none).
-    hold: i64,
-    /// Offset of the last input applied.
-    last_offset: i64,
-    /// Changed since the last snapshot.
-    dirty: bool,
+impl PartitionClock {
+    /// Restarts the idle clock of a restored watermark, once: the time the process was down
+    /// (or the partition was elsewhere) is not silence.
+    fn wake(&mut self, now: i64) {
+        if !self.live {
+            self.live = true;
+            self.watermark.observe(i64::MIN, now);
+        }
+    }
 }
-
-/// Snapshots taken at one tick: (partition, next offset, bytes).
-type Pending = Vec<(i32, i64, Vec<u8>)>;
 
 /// The processor.
-pub struct AnomalyProcessor<S> {
+pub struct AnomalyProcessor {
     cfg: AnomalyConfig,
-    group: String,
-    store: S,
     profiles: Table<ProfileEntry>,
     default_profile: Arc<ProfileEntry>,
     notify_from: Option<Level>,
@@ -249,21 +249,16 @@ pub struct AnomalyProcessor<S> {
     anomalies: (Arc<str>, Encoder<Anomaly>),
     emergencies: (Arc<str>, Encoder<EmergencyEvent>),
     notifications: (Arc<str>, Encoder<Notification>),
-    parts: HashMap<i32, Part>,
-    pending: VecDeque<Pending>,
-    last_checkpoint_ms: i64,
     alerts: Vec<Alert>,
     out_of_order: Counter,
-    replays: Counter,
     forgotten: Counter,
     raised: Counter,
 }
 
-impl<S> std::fmt::Debug for AnomalyProcessor<S> {
+impl std::fmt::Debug for AnomalyProcessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnomalyProcessor")
-            .field("group", &self.group)
-            .field("partitions", &self.parts.len())
+            .field("notify_from", &self.notify_from)
             .finish_non_exhaustive()
     }
 }
@@ -279,19 +274,15 @@ pub struct AnomalyEncoders {
     pub notifications: Encoder<Notification>,
 }
 
-impl<S: StateStore> AnomalyProcessor<S> {
-    /// Wires the processor; `group` names the consumer group (snapshots are kept per group).
+impl AnomalyProcessor {
+    /// Wires the processor.
     pub fn new(
         cfg: &AnomalyConfig,
-        group: &str,
-        store: S,
         profiles: Table<ProfileEntry>,
         encoders: AnomalyEncoders,
         metrics: &Metrics,
     ) -> Self {
         Self {
-            group: group.to_owned(),
-            store,
             profiles,
             default_profile: Arc::new(ProfileEntry {
                 profile: fleet_domain::rules::Profile {
@@ -311,12 +302,8 @@ impl<S: StateStore> AnomalyProcessor<S> {
                 Arc::from(cfg.notifications_topic.as_str()),
                 encoders.notifications,
             ),
-            parts: HashMap::new(),
-            pending: VecDeque::new(),
-            last_checkpoint_ms: 0,
             alerts: Vec::new(),
             out_of_order: metrics.records(&cfg.input_topic, "out_of_order"),
-            replays: metrics.records(&cfg.input_topic, "replay_skipped"),
             forgotten: metrics.records(&cfg.input_topic, "vehicle_forgotten"),
             raised: metrics.records(&cfg.anomalies_topic, "raised"),
             cfg: cfg.clone(),
@@ -325,65 +312,6 @@ impl<S: StateStore> AnomalyProcessor<S> {
 
     fn profile(&self, vehicle: &str) -> Arc<ProfileEntry> {
         lookup(&self.profiles, &self.default_profile, vehicle)
-    }
-
-    /// The partition's saved snapshot and the offset after the last input it covers.
-    async fn load(&self, partition: i32) -> Result<Option<(Snapshot, i64)>, ProcessError> {
-        let saved = self
-            .store
-            .load_checkpoint(&self.group, &self.cfg.input_topic, partition)
-            .await
-            .map_err(|e| ProcessError::Transient(format!("loading the rule snapshot: {e}")))?;
-        let Some((next, bytes)) = saved else {
-            return Ok(None);
-        };
-        let mut state: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
-            ProcessError::Fatal(format!(
-                "rule snapshot of partition {partition} does not decode: {e}"
-            ))
-        })?;
-        state.unprofiled = state
-            .vehicles
-            .keys()
-            .filter(|v| {
-                Arc::ptr_eq(
-                    &lookup(&self.profiles, &self.default_profile, v),
-                    &self.default_profile,
-                )
-            })
-            .count();
-        // The time the process was down is not silence: restart the idle clock.
-        if let Some(wm) = state.watermark.as_mut() {
-            wm.observe(i64::MIN, now_ms());
-        }
-        tracing::info!(
-            partition,
-            next_offset = next,
-            vehicles = state.vehicles.len(),
-            "rule snapshot loaded"
-        );
-        Ok(Some((state, next)))
-    }
-
-    /// The partition's state, loading its snapshot the first time it is seen.
-    async fn part(&mut self, partition: i32, offset: i64) -> Result<&mut Part, ProcessError> {
-        if !self.parts.contains_key(&partition) {
-            let (state, skip_below) = self
-                .load(partition)
-                .await?
-                .unwrap_or((Snapshot::default(), i64::MIN));
-            self.parts.insert(
-                partition,
-                Part {
-                    state,
-                    skip_below,
-                    hold: skip_below.max(offset),
-                    last_offset: offset - 1,
-                    dirty: false,
-                },
-            );
-        }
-        Ok(self.parts.get_mut(&partition).expect("inserted above"))
     }
 
     /// Stages the outputs of `self.alerts` for `vehicle`.
@@ -477,12 +405,14 @@ impl<S: StateStore> AnomalyProcessor<S> {
     }
 }
 
-impl<S: StateStore> Processor for AnomalyProcessor<S> {
+impl StatefulProcessor for AnomalyProcessor {
     type Input = TelemetryReading;
+    type State = Slot;
 
     async fn process(
         &mut self,
         input: &Input<'_, TelemetryReading>,
+        state: &mut State<Slot>,
         out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let r = &input.record;
@@ -492,31 +422,61 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
                 format!("lat {} lon {} out of range", r.position.lat, r.position.lon),
             ));
         }
+        if r.vehicle_id.is_empty() || r.vehicle_id.starts_with('\0') {
+            return Err(ProcessError::poison(
+                "invalid_vehicle_id",
+                format!("vehicle id {:?} is empty or starts with NUL", r.vehicle_id),
+            ));
+        }
         let (lateness, idle, skew) = (
             self.cfg.allowed_lateness.as_millis() as i64,
             self.cfg.idle_timeout.as_millis() as i64,
             self.cfg.max_clock_skew.as_millis() as i64,
         );
+        let now = now_ms();
         let entry = self.profile(&r.vehicle_id);
         let profiled = !Arc::ptr_eq(&entry, &self.default_profile);
-        let max_unprofiled = self.cfg.max_unprofiled_vehicles;
-        let mut alerts = std::mem::take(&mut self.alerts);
-        alerts.clear();
-        let part = self.part(input.partition, input.offset).await?;
-        if input.offset < part.skip_below {
-            self.alerts = alerts;
-            self.replays.inc();
-            return Ok(());
+        let trusted = fleet_domain::trusted_event_time(r.event_time, r.ingest_time, skew);
+        let unprofiled = match state.get_or_insert_with(PARTITION_KEY, || {
+            Slot::Partition(PartitionClock {
+                watermark: Watermark::new(lateness, idle),
+                unprofiled: 0,
+                live: true,
+            })
+        }) {
+            Slot::Partition(c) => {
+                c.wake(now);
+                c.watermark.observe(trusted, now);
+                c.unprofiled
+            }
+            Slot::Vehicle(_) => {
+                return Err(ProcessError::Fatal(
+                    "the partition key of the anomaly state holds a vehicle".into(),
+                ));
+            }
+        };
+        if state.get(&r.vehicle_id).is_none() {
+            if profiled {
+                // A vehicle with a profile: always admitted.
+            } else if unprofiled >= self.cfg.max_unprofiled_vehicles {
+                return Err(ProcessError::poison(
+                    "vehicle_limit",
+                    format!(
+                        "partition {} already keeps {unprofiled} vehicles without a profile (app.max_unprofiled_vehicles); {:?} has none",
+                        input.partition, r.vehicle_id
+                    ),
+                ));
+            } else if let Some(Slot::Partition(c)) = state.get_mut(PARTITION_KEY) {
+                c.unprofiled += 1;
+            }
+            state.insert(&r.vehicle_id, Slot::Vehicle(Box::default()));
         }
-        part.last_offset = input.offset;
-        part.dirty = true;
-        part.state
-            .watermark
-            .get_or_insert_with(|| Watermark::new(lateness, idle))
-            .observe(
-                fleet_domain::trusted_event_time(r.event_time, r.ingest_time, skew),
-                now_ms(),
-            );
+        let Some(Slot::Vehicle(rules)) = state.get_mut(&r.vehicle_id) else {
+            return Err(ProcessError::Fatal(format!(
+                "the anomaly state of vehicle {:?} is not a vehicle's",
+                r.vehicle_id
+            )));
+        };
         let obs = Observation {
             event_time: r.event_time,
             lat: r.position.lat,
@@ -525,26 +485,8 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
             cargo_temp_c: r.cargo_temp_c,
             accel_mps2: r.accel_mps2,
         };
-        let rules = match part.state.vehicles.get_mut(r.vehicle_id.as_str()) {
-            Some(rules) => rules,
-            None => {
-                if profiled {
-                    // A vehicle with a profile: always admitted.
-                } else if part.state.unprofiled >= max_unprofiled {
-                    // (The alert buffer is dropped with this rare path.)
-                    return Err(ProcessError::poison(
-                        "vehicle_limit",
-                        format!(
-                            "partition {} already keeps {} vehicles without a profile (app.max_unprofiled_vehicles); {:?} has none",
-                            input.partition, part.state.unprofiled, r.vehicle_id
-                        ),
-                    ));
-                } else {
-                    part.state.unprofiled += 1;
-                }
-                part.state.vehicles.entry(r.vehicle_id.clone()).or_default()
-            }
-        };
+        let mut alerts = std::mem::take(&mut self.alerts);
+        alerts.clear();
         let observed = rules.observe(&entry.profile, &obs, &mut alerts);
         self.alerts = alerts;
         if observed == Observed::OutOfOrder {
@@ -558,118 +500,71 @@ impl<S: StateStore> Processor for AnomalyProcessor<S> {
         self.stage(&r.vehicle_id, &entry, sent, Some(&r.event_id), out)
     }
 
-    async fn on_tick(&mut self, now: i64, out: &mut Outputs) -> Result<(), ProcessError> {
-        // Silence: every vehicle against its partition's watermark.
+    /// Silence: every vehicle of the partition against its watermark; vehicles silent for
+    /// `forget_after` are forgotten.
+    async fn on_tick(
+        &mut self,
+        now: i64,
+        _topic: &str,
+        _partition: i32,
+        state: &mut State<Slot>,
+        out: &mut Outputs,
+    ) -> Result<(), ProcessError> {
+        let Some(Slot::Partition(clock)) = state.get(PARTITION_KEY) else {
+            return Ok(());
+        };
+        if !clock.live
+            && let Some(Slot::Partition(c)) = state.get_mut(PARTITION_KEY)
+        {
+            c.wake(now);
+        }
+        let Some(Slot::Partition(clock)) = state.get(PARTITION_KEY) else {
+            return Ok(());
+        };
+        // Advanced on a copy: written back only with other changes, so an idle partition's
+        // tick changes nothing that needs a checkpoint.
+        let mut advanced = clock.watermark.clone();
+        let counted = clock.unprofiled;
+        let Some(wm) = advanced.current(now) else {
+            return Ok(());
+        };
         let mut raised: Vec<(String, Arc<ProfileEntry>, Vec<Alert>)> = Vec::new();
         let forget_after = self.cfg.forget_after.as_millis() as i64;
-        for part in self.parts.values_mut() {
-            let Some(wm) = part.state.watermark.as_mut().and_then(|w| w.current(now)) else {
-                continue;
+        let (mut unprofiled, mut forgotten) = (0usize, 0u64);
+        state.retain(|vehicle, slot, changed| {
+            let Slot::Vehicle(rules) = slot else {
+                return true;
             };
-            let (mut unprofiled, mut silenced) = (0, false);
-            let before = part.state.vehicles.len();
-            part.state.vehicles.retain(|vehicle, rules| {
-                let entry = lookup(&self.profiles, &self.default_profile, vehicle);
-                let mut alerts = Vec::new();
-                if rules.check_silence(&entry.profile, wm, &mut alerts) {
-                    silenced = true;
-                    raised.push((vehicle.clone(), entry.clone(), alerts));
-                }
-                // Silent for `forget_after` (reported offline by now): forgotten.
-                if rules
-                    .last_event_time()
-                    .is_some_and(|t| t < wm.saturating_sub(forget_after))
-                {
-                    return false;
-                }
-                unprofiled += usize::from(Arc::ptr_eq(&entry, &self.default_profile));
-                true
-            });
-            let forgotten = before - part.state.vehicles.len();
-            if forgotten > 0 {
-                self.forgotten.inc_by(forgotten as u64);
+            let entry = lookup(&self.profiles, &self.default_profile, vehicle);
+            let mut alerts = Vec::new();
+            if rules.check_silence(&entry.profile, wm, &mut alerts) {
+                *changed = true;
+                raised.push((vehicle.to_owned(), entry.clone(), alerts));
             }
-            part.dirty |= silenced || forgotten > 0;
-            part.state.unprofiled = unprofiled;
+            // Silent for `forget_after` (reported offline by now): forgotten.
+            if rules
+                .last_event_time()
+                .is_some_and(|t| t < wm.saturating_sub(forget_after))
+            {
+                forgotten += 1;
+                return false;
+            }
+            unprofiled += usize::from(Arc::ptr_eq(&entry, &self.default_profile));
+            true
+        });
+        if forgotten > 0 {
+            self.forgotten.inc_by(forgotten);
+        }
+        if (!raised.is_empty() || forgotten > 0 || unprofiled != counted)
+            && let Some(Slot::Partition(c)) = state.get_mut(PARTITION_KEY)
+        {
+            c.watermark = advanced;
+            c.unprofiled = unprofiled;
         }
         for (vehicle, entry, alerts) in raised {
             self.alerts.clear();
             self.alerts.extend(alerts);
             self.stage(&vehicle, &entry, None, None, out)?;
-        }
-        // Snapshots, made durable once this tick's entry settles.
-        let mut snaps = Pending::new();
-        if now - self.last_checkpoint_ms >= self.cfg.checkpoint_interval.as_millis() as i64 {
-            self.last_checkpoint_ms = now;
-            for (p, part) in self.parts.iter_mut().filter(|(_, part)| part.dirty) {
-                let bytes = serde_json::to_vec(&part.state)
-                    .map_err(|e| ProcessError::Fatal(format!("rule snapshot: {e}")))?;
-                part.dirty = false;
-                snaps.push((*p, part.last_offset + 1, bytes));
-            }
-        }
-        self.pending.push_back(snaps);
-        Ok(())
-    }
-
-    async fn on_tick_durable(&mut self) -> Result<(), ProcessError> {
-        let Some(snaps) = self.pending.pop_front() else {
-            return Ok(());
-        };
-        for (p, next, bytes) in snaps {
-            // A partition revoked meanwhile: its new owner has its own snapshots.
-            if !self.parts.contains_key(&p) {
-                continue;
-            }
-            if let Err(e) = self
-                .store
-                .save_checkpoint(&self.group, &self.cfg.input_topic, p, next, &bytes)
-                .await
-            {
-                // The committed offset stays held at the previous snapshot; the next one covers it.
-                if let Some(part) = self.parts.get_mut(&p) {
-                    part.dirty = true;
-                }
-                return Err(ProcessError::Transient(format!(
-                    "saving the rule snapshot: {e}"
-                )));
-            }
-            if let Some(part) = self.parts.get_mut(&p) {
-                part.hold = part.hold.max(next);
-            }
-        }
-        Ok(())
-    }
-
-    fn hold(&self, _topic: &str, partition: i32) -> Option<i64> {
-        self.parts.get(&partition).map(|p| p.hold)
-    }
-
-    fn on_revoke(&mut self, partitions: &[(String, i32)]) {
-        for (_, p) in partitions {
-            self.parts.remove(p);
-        }
-    }
-
-    /// Loads the snapshots of newly assigned partitions at once, so that the offline rule
-    /// judges the vehicles of a partition that stays quiet after a restart.
-    async fn on_assign(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
-        for (topic, p) in partitions {
-            if *topic != self.cfg.input_topic || self.parts.contains_key(p) {
-                continue;
-            }
-            if let Some((state, next)) = self.load(*p).await? {
-                self.parts.insert(
-                    *p,
-                    Part {
-                        state,
-                        skip_below: next,
-                        hold: next,
-                        last_offset: next - 1,
-                        dirty: false,
-                    },
-                );
-            }
         }
         Ok(())
     }

@@ -1,12 +1,12 @@
 //! `anomaly-processor`: see the library docs for the rules, the outputs and the delivery
-//! guarantee.
+//! guarantee (the state runtime: `runner.processing_guarantee` chooses exactly once or at
+//! least once).
 
 use anyhow::Context;
 use fleet_anomaly::{AnomalyConfig, AnomalyEncoders, AnomalyProcessor, profile_entry};
 use fleet_runtime::kafka::ProducerProfile;
 use fleet_runtime::{Runtime, Table, shutdown};
 use fleet_schemas::VehicleProfile;
-use fleet_state::{Store, StoreOptions};
 
 const NAME: &str = "anomaly-processor";
 
@@ -25,9 +25,6 @@ async fn main() -> anyhow::Result<()> {
     let runtime = Runtime::start(NAME, &config, ProducerProfile::Latency, token.clone())
         .await
         .context("starting the runtime")?;
-    let store = Store::open(&config.app.state_url, StoreOptions::default())
-        .await
-        .with_context(|| format!("opening the state store {}", config.app.state_url))?;
     let defaults = config.app.thresholds();
     let profiles = Table::start::<VehicleProfile, _>(
         &runtime,
@@ -42,16 +39,9 @@ async fn main() -> anyhow::Result<()> {
         emergencies: runtime.encoder(&config.app.emergencies_topic).await?,
         notifications: runtime.encoder(&config.app.notifications_topic).await?,
     };
-    let processor = AnomalyProcessor::new(
-        &config.app,
-        &runtime.group_id(),
-        store,
-        profiles,
-        encoders,
-        &runtime.metrics,
-    );
+    let processor = AnomalyProcessor::new(&config.app, profiles, encoders, &runtime.metrics);
     runtime
-        .run(processor, &[config.app.input_topic.as_str()], token)
+        .run_stateful(processor, &[config.app.input_topic.as_str()], token)
         .await?;
     Ok(())
 }

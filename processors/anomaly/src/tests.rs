@@ -1,5 +1,5 @@
+use fleet_runtime::harness::Harness;
 use fleet_schemas::{Contact, Decoder, GeofenceCircle, VehicleProfile, Waypoint};
-use fleet_state::{Store, StoreOptions};
 
 use super::*;
 
@@ -29,37 +29,29 @@ fn reading(vehicle: &str, t: i64, speed: f64, temp: f64) -> TelemetryReading {
     }
 }
 
-async fn store(dir: &tempfile::TempDir) -> Store {
-    let url = format!("sqlite://{}/s.db", dir.path().display());
-    Store::open(&url, StoreOptions::default())
-        .await
-        .expect("store")
-}
-
 fn config() -> AnomalyConfig {
     AnomalyConfig {
         anomalies_topic: "anom".into(),
         emergencies_topic: "emerg".into(),
         notifications_topic: "notif".into(),
         sustain: Duration::from_secs(10),
-        checkpoint_interval: Duration::ZERO,
         ..Default::default()
     }
 }
 
-fn processor(store: Store, profiles: Table<ProfileEntry>) -> AnomalyProcessor<Store> {
-    processor_with(&config(), store, profiles)
+type P = Harness<AnomalyProcessor>;
+
+fn processor(profiles: Table<ProfileEntry>) -> P {
+    processor_with(&config(), profiles)
 }
 
-fn processor_with(
-    cfg: &AnomalyConfig,
-    store: Store,
-    profiles: Table<ProfileEntry>,
-) -> AnomalyProcessor<Store> {
+fn processor_with(cfg: &AnomalyConfig, profiles: Table<ProfileEntry>) -> P {
+    Harness::new(new_processor(cfg, profiles))
+}
+
+fn new_processor(cfg: &AnomalyConfig, profiles: Table<ProfileEntry>) -> AnomalyProcessor {
     AnomalyProcessor::new(
         cfg,
-        "anomaly-test",
-        store,
         profiles,
         AnomalyEncoders {
             anomalies: Encoder::with_schema_id(A_ID),
@@ -68,6 +60,26 @@ fn processor_with(
         },
         &Metrics::new("test"),
     )
+}
+
+/// Vehicles with rule state in `partition`.
+fn vehicles(p: &P, partition: i32) -> usize {
+    p.state(TOPIC, partition).map_or(0, |s| {
+        s.iter()
+            .filter(|(_, v)| matches!(v, Slot::Vehicle(_)))
+            .count()
+    })
+}
+
+fn input(partition: i32, offset: i64, r: TelemetryReading) -> Input<'static, TelemetryReading> {
+    Input {
+        record: r,
+        topic: TOPIC,
+        partition,
+        offset,
+        key: None,
+        timestamp_ms: None,
+    }
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -127,30 +139,18 @@ async fn decode(out: &Outputs, staged: &mut Staged) {
     }
 }
 
-async fn feed(
-    p: &mut AnomalyProcessor<Store>,
-    partition: i32,
-    offset: i64,
-    r: TelemetryReading,
-) -> Staged {
-    let input = Input {
-        record: r,
-        topic: TOPIC,
-        partition,
-        offset,
-        key: None,
-        timestamp_ms: None,
-    };
-    let mut out = Outputs::new();
-    p.process(&input, &mut out).await.expect("processed");
+async fn feed(p: &mut P, partition: i32, offset: i64, r: TelemetryReading) -> Staged {
+    let out = p
+        .process(&input(partition, offset, r))
+        .await
+        .expect("processed");
     let mut staged = Staged::default();
     decode(&out, &mut staged).await;
     staged
 }
 
-async fn tick(p: &mut AnomalyProcessor<Store>, now: i64) -> Staged {
-    let mut out = Outputs::new();
-    p.on_tick(now, &mut out).await.expect("tick");
+async fn tick(p: &mut P, now: i64) -> Staged {
+    let out = p.tick(now).await.expect("tick");
     let mut staged = Staged::default();
     decode(&out, &mut staged).await;
     staged
@@ -164,8 +164,7 @@ fn extend(into: &mut Staged, s: Staged) {
 
 #[tokio::test]
 async fn overspeed_raises_once_and_clears_with_deterministic_ids() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut p = processor(store(&dir).await, Table::empty());
+    let mut p = processor(Table::empty());
     let mut all = Staged::default();
     for (i, speed) in [80.0, 120.0, 121.0, 122.0, 123.0, 119.0, 70.0]
         .into_iter()
@@ -218,8 +217,7 @@ async fn overspeed_raises_once_and_clears_with_deterministic_ids() {
 
 #[tokio::test]
 async fn an_impact_goes_to_the_fast_lane_and_to_the_owner() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut p = processor(store(&dir).await, Table::empty());
+    let mut p = processor(Table::empty());
     let mut r = reading("VEH-2", 2_000_000, 60.0, 4.0);
     r.accel_mps2 = Some(-32.0);
     let s = feed(&mut p, 1, 0, r).await;
@@ -293,14 +291,13 @@ fn reefer_profile(vehicle: &str) -> VehicleProfile {
 
 #[tokio::test]
 async fn the_profile_decides_thresholds_and_recipients() {
-    let dir = tempfile::tempdir().expect("tmp");
     let profiles = Table::empty();
     let cfg = config();
     profiles.insert(
         "VEH-3",
         profile_entry(reefer_profile("VEH-3"), &cfg.thresholds()).expect("valid"),
     );
-    let mut p = processor(store(&dir).await, profiles);
+    let mut p = processor(profiles);
     let mut all = Staged::default();
     // 9.5 °C: inside the default range (-30..30), outside the profile's 2..8.
     for i in 0..4 {
@@ -351,8 +348,7 @@ async fn the_profile_decides_thresholds_and_recipients() {
 
 #[tokio::test]
 async fn silence_is_judged_on_the_partition_watermark() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut p = processor(store(&dir).await, Table::empty());
+    let mut p = processor(Table::empty());
     let t0 = now_ms();
     feed(&mut p, 0, 0, reading("VEH-QUIET", t0, 30.0, 4.0)).await;
     // Another vehicle keeps the partition's event time moving: 6 minutes later.
@@ -414,11 +410,10 @@ fn stream() -> Vec<TelemetryReading> {
 }
 
 #[tokio::test]
-async fn a_restart_from_the_snapshot_neither_loses_nor_repeats_an_alert() {
+async fn a_restart_from_the_committed_state_neither_loses_nor_repeats_an_alert() {
     let input = stream();
     // The uninterrupted run.
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut whole = processor(store(&dir).await, Table::empty());
+    let mut whole = processor(Table::empty());
     let mut expected = Staged::default();
     for (i, r) in input.iter().enumerate() {
         extend(
@@ -432,42 +427,25 @@ async fn a_restart_from_the_snapshot_neither_loses_nor_repeats_an_alert() {
         expected.ids()
     );
 
-    // A run that snapshots after input 49, keeps going to 79, then crashes.
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = store(&dir).await;
-    let mut first = processor(s.clone(), Table::empty());
+    // A run that commits after input 49, keeps going to 79, then crashes.
+    let mut p = processor(Table::empty());
     let mut got = Staged::default();
     for (i, r) in input.iter().enumerate().take(50) {
-        extend(&mut got, feed(&mut first, 0, i as i64, r.clone()).await);
+        extend(&mut got, feed(&mut p, 0, i as i64, r.clone()).await);
     }
-    assert_eq!(
-        first.hold(TOPIC, 0),
-        Some(0),
-        "no snapshot yet: nothing may be committed"
-    );
-    tick(&mut first, now_ms()).await;
-    assert_eq!(
-        s.load_checkpoint("anomaly-test", TOPIC, 0)
-            .await
-            .expect("read"),
-        None,
-        "the snapshot waits for its outputs to be durable"
-    );
-    first.on_tick_durable().await.expect("saved");
-    assert_eq!(first.hold(TOPIC, 0), Some(50));
+    p.commit().await.expect("commit");
     let mut lost_with_the_crash = Staged::default();
     for (i, r) in input.iter().enumerate().skip(50).take(30) {
         extend(
             &mut lost_with_the_crash,
-            feed(&mut first, 0, i as i64, r.clone()).await,
+            feed(&mut p, 0, i as i64, r.clone()).await,
         );
     }
-    drop(first);
-
-    // The restart re-reads from the committed offset (at most the hold: 50; here from 20).
-    let mut second = processor(s.clone(), Table::empty());
-    for (i, r) in input.iter().enumerate().skip(20) {
-        extend(&mut got, feed(&mut second, 0, i as i64, r.clone()).await);
+    assert!(!lost_with_the_crash.anomalies.is_empty());
+    // The restart resumes from the committed state and offset (50).
+    p.restart(new_processor(&config(), Table::empty()));
+    for (i, r) in input.iter().enumerate().skip(50) {
+        extend(&mut got, feed(&mut p, 0, i as i64, r.clone()).await);
     }
     assert_eq!(
         got.normalized(),
@@ -477,41 +455,11 @@ async fn a_restart_from_the_snapshot_neither_loses_nor_repeats_an_alert() {
 }
 
 #[tokio::test]
-async fn revoked_partitions_do_not_write_snapshots() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = store(&dir).await;
-    let mut p = processor(s.clone(), Table::empty());
-    feed(&mut p, 3, 10, reading("VEH-1", 1_000, 50.0, 4.0)).await;
-    tick(&mut p, now_ms()).await;
-    p.on_revoke(&[(TOPIC.to_owned(), 3)]);
-    p.on_tick_durable().await.expect("nothing to do");
-    assert_eq!(
-        s.load_checkpoint("anomaly-test", TOPIC, 3)
-            .await
-            .expect("read"),
-        None
-    );
-    assert_eq!(p.hold(TOPIC, 3), None);
-}
-
-#[tokio::test]
 async fn invalid_positions_are_poison() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut p = processor(store(&dir).await, Table::empty());
+    let mut p = processor(Table::empty());
     let mut r = reading("VEH-1", 1_000, 50.0, 4.0);
     r.position.lat = 123.0;
-    let input = Input {
-        record: r,
-        topic: TOPIC,
-        partition: 0,
-        offset: 0,
-        key: None,
-        timestamp_ms: None,
-    };
-    let err = p
-        .process(&input, &mut Outputs::new())
-        .await
-        .expect_err("poison");
+    let err = p.process(&input(0, 0, r)).await.expect_err("poison");
     assert!(
         matches!(
             err,
@@ -558,7 +506,6 @@ fn profiles_are_validated() {
 
 #[tokio::test]
 async fn a_million_invented_vehicle_ids_leave_the_state_bounded() {
-    let dir = tempfile::tempdir().expect("tmp");
     let cfg = AnomalyConfig {
         max_unprofiled_vehicles: 1_000,
         ..config()
@@ -568,20 +515,19 @@ async fn a_million_invented_vehicle_ids_leave_the_state_bounded() {
         "VEH-3",
         profile_entry(reefer_profile("VEH-3"), &cfg.thresholds()).expect("valid"),
     );
-    let mut p = processor_with(&cfg, store(&dir).await, profiles);
+    let mut p = processor_with(&cfg, profiles);
     let t0 = 7_000_000;
     let mut refused = 0u32;
     for i in 0..1_000_000i64 {
-        let input = Input {
-            record: reading(&format!("FAKE-{i}"), t0 + i, 30.0, 4.0),
-            topic: TOPIC,
-            partition: 0,
-            offset: i,
-            key: None,
-            timestamp_ms: None,
-        };
-        match p.process(&input, &mut Outputs::new()).await {
-            Ok(()) => {}
+        match p
+            .process(&input(
+                0,
+                i,
+                reading(&format!("FAKE-{i}"), t0 + i, 30.0, 4.0),
+            ))
+            .await
+        {
+            Ok(_) => {}
             Err(ProcessError::Poison { reason, .. }) => {
                 assert_eq!(reason, "vehicle_limit");
                 refused += 1;
@@ -590,6 +536,7 @@ async fn a_million_invented_vehicle_ids_leave_the_state_bounded() {
         }
         if i % 100_000 == 0 {
             tick(&mut p, now_ms()).await;
+            p.commit().await.expect("commit");
         }
     }
     assert_eq!(refused, 999_000);
@@ -610,39 +557,38 @@ async fn a_million_invented_vehicle_ids_leave_the_state_bounded() {
     )
     .await;
     tick(&mut p, now_ms()).await;
-    let part = &p.parts[&0];
-    assert_eq!(part.state.vehicles.len(), 1_001);
-    assert_eq!(part.state.unprofiled, 1_000);
-    let snapshot = serde_json::to_vec(&part.state).expect("json");
+    assert_eq!(vehicles(&p, 0), 1_001);
+    let state = p.state(TOPIC, 0).expect("assigned");
+    let Some(Slot::Partition(clock)) = state.get(PARTITION_KEY) else {
+        panic!("no partition clock");
+    };
+    assert_eq!(clock.unprofiled, 1_000);
+    let checkpoint: usize = state
+        .iter()
+        .map(|(_, v)| serde_json::to_vec(v).expect("json").len())
+        .sum();
     assert!(
-        snapshot.len() < 2_000_000,
-        "snapshot of 1,001 vehicles: {} bytes",
-        snapshot.len()
+        checkpoint < 2_000_000,
+        "checkpoint of 1,001 vehicles: {checkpoint} bytes"
     );
 }
 
 #[tokio::test]
 async fn silent_vehicles_are_reported_offline_then_forgotten() {
-    let dir = tempfile::tempdir().expect("tmp");
     let cfg = AnomalyConfig {
         forget_after: Duration::from_secs(3600),
         max_unprofiled_vehicles: 2,
         ..config()
     };
-    let mut p = processor_with(&cfg, store(&dir).await, Table::empty());
+    let mut p = processor_with(&cfg, Table::empty());
     let t0 = now_ms() - 3 * 3_600_000;
     feed(&mut p, 0, 0, reading("VEH-GONE", t0, 30.0, 4.0)).await;
     feed(&mut p, 0, 1, reading("VEH-TALKER", t0 + 1_000, 30.0, 4.0)).await;
     // The cap is reached: a third unknown vehicle is refused...
-    let input = Input {
-        record: reading("VEH-NEW", t0 + 2_000, 30.0, 4.0),
-        topic: TOPIC,
-        partition: 0,
-        offset: 2,
-        key: None,
-        timestamp_ms: None,
-    };
-    let r = p.process(&input, &mut Outputs::new()).await;
+    let r = p
+        .process(&input(0, 2, reading("VEH-NEW", t0 + 2_000, 30.0, 4.0)))
+        .await
+        .map(|_| ());
     assert!(
         matches!(
             r,
@@ -672,23 +618,22 @@ async fn silent_vehicles_are_reported_offline_then_forgotten() {
         [("VEH-GONE", AnomalyKind::Offline, AnomalyState::Raised)],
         "reported offline in the tick that forgets it"
     );
-    assert_eq!(p.parts[&0].state.vehicles.len(), 1);
+    assert_eq!(vehicles(&p, 0), 1);
     // The forgotten one made room; when it reports again it starts afresh.
     let back = feed(&mut p, 0, 4, reading("VEH-GONE", t0 + 7_202_000, 30.0, 4.0)).await;
     assert!(back.anomalies.is_empty(), "no state left to clear");
-    assert_eq!(p.parts[&0].state.vehicles.len(), 2);
+    assert_eq!(vehicles(&p, 0), 2);
 }
 
 /// Offline alerts of honest vehicles with a short threshold, when one vehicle of their
 /// partition reports with a clock 4 minutes fast, given `max_clock_skew`.
 async fn offline_alerts_with_one_fast_clock(max_clock_skew: Duration) -> Vec<String> {
-    let dir = tempfile::tempdir().expect("tmp");
     let cfg = AnomalyConfig {
         offline_after: Duration::from_secs(120),
         max_clock_skew,
         ..config()
     };
-    let mut p = processor_with(&cfg, store(&dir).await, Table::empty());
+    let mut p = processor_with(&cfg, Table::empty());
     let t = now_ms();
     let mut offset = 0;
     for v in ["VEH-H1", "VEH-H2", "VEH-H3"] {
@@ -724,24 +669,18 @@ async fn a_fast_device_clock_raises_no_offline_alert_for_honest_vehicles() {
 
 #[tokio::test]
 async fn a_partition_that_stays_quiet_after_a_restart_still_raises_offline() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = store(&dir).await;
     let t0 = now_ms();
-    let mut first = processor(s.clone(), Table::empty());
-    feed(&mut first, 0, 0, reading("VEH-QUIET", t0, 30.0, 4.0)).await;
-    tick(&mut first, now_ms()).await;
-    first.on_tick_durable().await.expect("snapshot saved");
-    drop(first);
-
-    // The restarted instance gets partition 0, which receives nothing more.
-    let mut second = processor(s.clone(), Table::empty());
-    second
-        .on_assign(&[(TOPIC.to_owned(), 0), ("other.topic".to_owned(), 0)])
-        .await
-        .expect("assigned");
-    assert_eq!(second.hold(TOPIC, 0), Some(1), "resumes after the snapshot");
+    let mut p = processor(Table::empty());
+    feed(&mut p, 0, 0, reading("VEH-QUIET", t0, 30.0, 4.0)).await;
+    tick(&mut p, now_ms()).await;
+    p.commit().await.expect("commit");
+    // The restarted instance gets partition 0 back, which receives nothing more. Its first
+    // tick (within a tick interval of the restore) restarts the idle clock; an hour later
+    // the vehicle's silence is judged.
+    p.restart(new_processor(&config(), Table::empty()));
+    assert!(tick(&mut p, now_ms()).await.anomalies.is_empty());
     let later = now_ms() + 3_600_000;
-    let got: Vec<_> = tick(&mut second, later)
+    let got: Vec<_> = tick(&mut p, later)
         .await
         .anomalies
         .iter()
@@ -756,12 +695,45 @@ async fn a_partition_that_stays_quiet_after_a_restart_still_raises_offline() {
         )],
         "judged without waiting for a record of the partition"
     );
-    // Without a snapshot, an assigned partition has no state to load.
-    let empty = tempfile::tempdir().expect("tmp");
-    let mut fresh = processor(store(&empty).await, Table::empty());
-    fresh
-        .on_assign(&[(TOPIC.to_owned(), 1)])
-        .await
-        .expect("assigned");
-    assert_eq!(fresh.hold(TOPIC, 1), None);
+    // A partition assigned with no state has nothing to judge.
+    p.assign(TOPIC, 1);
+    assert!(tick(&mut p, later + 1_000).await.anomalies.is_empty());
+    assert_eq!(vehicles(&p, 1), 0);
+}
+
+/// The time a process was down is not silence: a restored watermark restarts its idle clock,
+/// so the vehicles of a partition are not reported offline because nobody was listening.
+#[tokio::test]
+async fn downtime_is_not_silence() {
+    let t0 = now_ms();
+    let mut p = processor(Table::empty());
+    feed(&mut p, 0, 0, reading("VEH-1", t0, 30.0, 4.0)).await;
+    p.commit().await.expect("commit");
+    p.restart(new_processor(&config(), Table::empty()));
+    // Back ten minutes later (offline_after is 5 min, idle_timeout 1 min): the first tick
+    // restarts the idle clock instead of reading ten minutes of silence.
+    let back = now_ms() + 600_000;
+    assert!(tick(&mut p, back).await.anomalies.is_empty());
+    assert!(tick(&mut p, back + 30_000).await.anomalies.is_empty());
+}
+
+#[tokio::test]
+async fn vehicle_ids_that_could_name_the_partition_entry_are_poison() {
+    let mut p = processor(Table::empty());
+    for id in ["", PARTITION_KEY, "\0x"] {
+        let err = p
+            .process(&input(0, 0, reading(id, 1_000, 30.0, 4.0)))
+            .await
+            .expect_err("poison");
+        assert!(
+            matches!(
+                err,
+                ProcessError::Poison {
+                    reason: "invalid_vehicle_id",
+                    ..
+                }
+            ),
+            "{id:?}: {err:?}"
+        );
+    }
 }

@@ -23,17 +23,17 @@
 //! interval, deduplicated by event time): keep `position_interval` well below the geofence
 //! dwell (default 5 s against 120 s). Positions a driver's update carries are applied too.
 //!
-//! ## Delivery guarantee: no lost and no repeated notification after a crash
-//! As in `anomaly-processor`: every `checkpoint_interval` the state of every delivery of a
-//! partition is snapshotted with the offset it covers; the rows of the `deliveries` table
-//! are written (idempotent upserts) before the snapshot is taken, and the snapshot is saved
-//! once every notification staged before it is acknowledged by Kafka. The committed offset
-//! never passes the last saved snapshot ([`Processor::hold`]). After a crash the snapshot is
-//! loaded **when the partition is assigned** (so open deliveries of a quiet partition keep
-//! being tracked), re-read inputs it covers are skipped, and the rest re-evaluated. A
-//! notification emitted after the last snapshot may be emitted again, with the same
-//! `event_id` (derived from delivery, change and promised time / late episode, never from
-//! processing time): the notifier's idempotency key de-duplicates it.
+//! ## Delivery guarantee
+//! The processor runs on the state runtime ([`fleet_runtime::task`]): each delivery's state is
+//! a key of its partition's [`State`], checkpointed by the runtime with the input offsets it
+//! covers, and restored when the partition is assigned (so the open deliveries of a quiet
+//! partition keep being tracked after a restart). With `runner.processing_guarantee =
+//! "exactly_once"` notifications, state and offsets commit in one Kafka transaction: a
+//! `read_committed` reader sees each notification once. With `at_least_once` (the default) a
+//! crash may repeat the notifications since the last commit, with the same `event_id`
+//! (derived from delivery, change and promised time / late episode, never from processing
+//! time): the notifier's idempotency key de-duplicates them. The rows of the `deliveries`
+//! table are written (idempotent upserts of the latest values) before each commit.
 //!
 //! ## Example
 //! ```
@@ -48,14 +48,14 @@
 //! assert_eq!(status_of(DeliveryKind::Other), Status::Created);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_domain::delivery::{Change, CompletedBy, Delivery, DeliveryParams, Status, Update};
 use fleet_domain::eta::{EtaParams, SpeedEstimator, SpeedParams};
 use fleet_runtime::metrics::{Metrics, now_ms};
-use fleet_runtime::{Input, Outputs, ProcessError, Processor, Table};
+use fleet_runtime::{Input, Outputs, ProcessError, State, StatefulProcessor, Table};
 use fleet_schemas::profile::ProfileEntry;
 use fleet_schemas::{Channel, DeliveryEvent, DeliveryKind, Encoder, Notification, Severity, ids};
 use fleet_state::{DeliveryRow, StateStore, VehicleState};
@@ -71,14 +71,11 @@ fleet_runtime::config_section! {
         pub notifications_topic: String = "fleet.notifications".to_owned(),
         /// Topic of VehicleProfile records (planned routes), read as a table ("" = none).
         pub profiles_topic: String = "fleet.vehicle-profiles".to_owned(),
-        /// State store URL (vehicle positions, deliveries table, snapshots).
+        /// State store URL (vehicle positions, deliveries table).
         pub state_url: String = "sqlite://.fleet/state.db".to_owned(), env = "FLEET_STATE_URL",
         /// How often the positions of vehicles with open deliveries are read from vehicle_state.
         #[serde(with = "humantime_serde")]
         pub position_interval: Duration = Duration::from_secs(5),
-        /// How often the state of each partition is snapshotted (bounds the replay after a crash).
-        #[serde(with = "humantime_serde")]
-        pub checkpoint_interval: Duration = Duration::from_secs(5),
         /// Time inside the destination geofence that completes a picked-up delivery.
         #[serde(with = "humantime_serde")]
         pub dwell: Duration = Duration::from_secs(120),
@@ -149,9 +146,9 @@ pub fn status_of(kind: DeliveryKind) -> Status {
     }
 }
 
-/// One tracked delivery (what a snapshot holds per delivery).
+/// One tracked delivery: the value of its key in the partition's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Tracked {
+pub struct Tracked {
     vehicle_id: String,
     /// Event time of the update that named the vehicle (a newer update may reassign it).
     vehicle_at: i64,
@@ -162,9 +159,6 @@ struct Tracked {
     late_episodes: u32,
     /// Processing time it became final; dropped `retain_final` later.
     final_at: Option<i64>,
-    /// The row changed since it was last written.
-    #[serde(skip)]
-    row_dirty: bool,
 }
 
 impl Tracked {
@@ -196,30 +190,6 @@ impl Tracked {
         }
     }
 }
-
-/// What a partition's snapshot holds.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Snapshot {
-    deliveries: HashMap<String, Tracked>,
-}
-
-/// One input partition's state.
-#[derive(Debug)]
-struct Part {
-    state: Snapshot,
-    /// Inputs below this offset are covered by the loaded snapshot: skipped.
-    skip_below: i64,
-    /// The committed offset must not pass this (last saved snapshot, or the first input of
-    /// this run while there is none).
-    hold: i64,
-    /// Offset of the last input applied.
-    last_offset: i64,
-    /// Changed since the last snapshot.
-    dirty: bool,
-}
-
-/// Snapshots taken at one tick: (partition, next offset, bytes).
-type Pending = Vec<(i32, i64, Vec<u8>)>;
 
 /// Who is told, and how.
 #[derive(Debug, Clone)]
@@ -337,17 +307,20 @@ impl Notify {
 pub struct DeliveriesProcessor<S> {
     cfg: DeliveriesConfig,
     params: DeliveryParams,
-    group: String,
     store: S,
     profiles: Table<ProfileEntry>,
     notify: Notify,
     notifications: (Arc<str>, Encoder<Notification>),
-    parts: HashMap<i32, Part>,
-    pending: VecDeque<Pending>,
-    last_checkpoint_ms: i64,
+    /// Rows changed since the last flush (the latest value of each).
+    rows: HashMap<String, DeliveryRow>,
+    /// The tick being run (the runtime calls every partition with the same time).
+    tick_now: i64,
+    /// Whether this tick polls positions (`position_interval` since the last poll).
+    poll_due: bool,
     last_poll_ms: i64,
+    /// Positions read in this tick (a vehicle may carry deliveries of several partitions).
+    polled: HashMap<String, Option<VehicleState>>,
     staged: Vec<Notification>,
-    replays: Counter,
     positions: Counter,
     changes: Counter,
 }
@@ -355,17 +328,15 @@ pub struct DeliveriesProcessor<S> {
 impl<S> std::fmt::Debug for DeliveriesProcessor<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeliveriesProcessor")
-            .field("group", &self.group)
-            .field("partitions", &self.parts.len())
+            .field("unwritten_rows", &self.rows.len())
             .finish_non_exhaustive()
     }
 }
 
 impl<S: StateStore> DeliveriesProcessor<S> {
-    /// Wires the processor; `group` names the consumer group (snapshots are kept per group).
+    /// Wires the processor.
     pub fn new(
         cfg: &DeliveriesConfig,
-        group: &str,
         store: S,
         profiles: Table<ProfileEntry>,
         notifications: Encoder<Notification>,
@@ -373,7 +344,6 @@ impl<S: StateStore> DeliveriesProcessor<S> {
     ) -> Self {
         Self {
             params: cfg.params(),
-            group: group.to_owned(),
             store,
             profiles,
             notify: Notify {
@@ -381,67 +351,16 @@ impl<S: StateStore> DeliveriesProcessor<S> {
                 channel: Channel::parse(&cfg.channel).unwrap_or(Channel::Webhook),
             },
             notifications: (Arc::from(cfg.notifications_topic.as_str()), notifications),
-            parts: HashMap::new(),
-            pending: VecDeque::new(),
-            last_checkpoint_ms: 0,
+            rows: HashMap::new(),
+            tick_now: i64::MIN,
+            poll_due: false,
             last_poll_ms: 0,
+            polled: HashMap::new(),
             staged: Vec::new(),
-            replays: metrics.records(&cfg.input_topic, "replay_skipped"),
             positions: metrics.records("vehicle_state", "positions_applied"),
             changes: metrics.records(&cfg.notifications_topic, "delivery_changes"),
             cfg: cfg.clone(),
         }
-    }
-
-    /// The saved snapshot of `partition`, if any, as a partition state.
-    async fn load(&self, partition: i32) -> Result<Option<Part>, ProcessError> {
-        let saved = self
-            .store
-            .load_checkpoint(&self.group, &self.cfg.input_topic, partition)
-            .await
-            .map_err(|e| {
-                ProcessError::Transient(format!("loading the deliveries snapshot: {e}"))
-            })?;
-        let Some((next, bytes)) = saved else {
-            return Ok(None);
-        };
-        let mut state: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
-            ProcessError::Fatal(format!(
-                "deliveries snapshot of partition {partition} does not decode: {e}"
-            ))
-        })?;
-        for t in state.deliveries.values_mut() {
-            // Re-write the rows: the table may be behind the snapshot after a failed write.
-            t.row_dirty = true;
-        }
-        tracing::info!(
-            partition,
-            next_offset = next,
-            deliveries = state.deliveries.len(),
-            "deliveries snapshot loaded"
-        );
-        Ok(Some(Part {
-            state,
-            skip_below: next,
-            hold: next,
-            last_offset: next - 1,
-            dirty: false,
-        }))
-    }
-
-    /// Makes sure the partition's state is there, loading its snapshot the first time.
-    async fn ensure_part(&mut self, partition: i32, offset: i64) -> Result<(), ProcessError> {
-        if !self.parts.contains_key(&partition) {
-            let part = self.load(partition).await?.unwrap_or(Part {
-                state: Snapshot::default(),
-                skip_below: i64::MIN,
-                hold: offset,
-                last_offset: offset - 1,
-                dirty: false,
-            });
-            self.parts.insert(partition, part);
-        }
-        Ok(())
     }
 
     /// Stages the notifications rendered so far.
@@ -453,95 +372,73 @@ impl<S: StateStore> DeliveriesProcessor<S> {
         Ok(())
     }
 
-    /// Reads the newest position of every vehicle carrying an open delivery and applies it.
-    async fn poll_positions(&mut self, now: i64) -> Result<(), ProcessError> {
-        let mut wanted: Vec<String> = Vec::new();
-        for part in self.parts.values() {
-            for t in part.state.deliveries.values() {
-                if !t.delivery.status.is_final() {
-                    wanted.push(t.vehicle_id.clone());
-                }
-            }
-        }
+    /// Reads the newest position of every vehicle carrying an open delivery of `state`
+    /// (once per tick across partitions) and applies it.
+    async fn poll_positions(
+        &mut self,
+        now: i64,
+        state: &mut State<Tracked>,
+    ) -> Result<(), ProcessError> {
+        let mut wanted: Vec<(String, String)> = state
+            .iter()
+            .filter(|(_, t)| !t.delivery.status.is_final())
+            .map(|(id, t)| (id.to_owned(), t.vehicle_id.clone()))
+            .collect();
         wanted.sort_unstable();
-        wanted.dedup();
-        let mut positions: HashMap<String, VehicleState> = HashMap::with_capacity(wanted.len());
-        for v in wanted {
-            let state = self
+        for (_, v) in &wanted {
+            if self.polled.contains_key(v) {
+                continue;
+            }
+            let s = self
                 .store
-                .vehicle_state(&v, now)
+                .vehicle_state(v, now)
                 .await
                 .map_err(|e| ProcessError::Transient(format!("reading vehicle_state: {e}")))?;
-            if let Some(s) = state {
-                positions.insert(v, s);
-            }
+            self.polled.insert(v.clone(), s);
         }
-        let (params, notify) = (&self.params, &self.notify);
-        for part in self.parts.values_mut() {
-            for (id, t) in part.state.deliveries.iter_mut() {
-                if t.delivery.status.is_final() {
-                    continue;
-                }
-                let Some(s) = positions.get(&t.vehicle_id) else {
-                    continue;
-                };
-                if t.delivery
+        for (id, v) in wanted {
+            let Some(Some(s)) = self.polled.get(&v) else {
+                continue;
+            };
+            let fresh = state.get(&id).is_some_and(|t| {
+                t.delivery
                     .last_position
-                    .is_some_and(|(lt, _, _)| s.event_time <= lt)
-                {
-                    continue;
-                }
-                if let Some(kmh) = s.speed_kmh {
-                    t.speed.observe(s.event_time, kmh, &params.eta.speed);
-                }
-                let entry = self.profiles.get(&t.vehicle_id);
-                let route = entry.as_ref().and_then(|e| e.profile.route.as_ref());
-                let changes =
-                    t.delivery
-                        .observe(s.event_time, (s.lat, s.lon), route, &t.speed, params);
-                self.positions.inc();
-                t.row_dirty = true;
-                part.dirty = true;
-                if t.delivery.status.is_final() {
-                    t.final_at.get_or_insert(now);
-                }
-                notify.render(id, t, &changes, &s.event_id, None, &mut self.staged);
+                    .is_none_or(|(lt, _, _)| s.event_time > lt)
+            });
+            if !fresh {
+                continue;
             }
-        }
-        Ok(())
-    }
-
-    /// Writes every changed row.
-    async fn write_rows(&mut self) -> Result<(), ProcessError> {
-        let rows: Vec<DeliveryRow> = self
-            .parts
-            .values()
-            .flat_map(|p| p.state.deliveries.iter())
-            .filter(|(_, t)| t.row_dirty)
-            .map(|(id, t)| t.row(id))
-            .collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
-        self.store
-            .put_deliveries(&rows)
-            .await
-            .map_err(|e| ProcessError::Transient(format!("writing deliveries: {e}")))?;
-        for part in self.parts.values_mut() {
-            for t in part.state.deliveries.values_mut() {
-                t.row_dirty = false;
+            let Some(t) = state.get_mut(&id) else {
+                continue;
+            };
+            if let Some(kmh) = s.speed_kmh {
+                t.speed.observe(s.event_time, kmh, &self.params.eta.speed);
             }
+            let entry = self.profiles.get(&t.vehicle_id);
+            let route = entry.as_ref().and_then(|e| e.profile.route.as_ref());
+            let changes =
+                t.delivery
+                    .observe(s.event_time, (s.lat, s.lon), route, &t.speed, &self.params);
+            self.positions.inc();
+            if t.delivery.status.is_final() {
+                t.final_at.get_or_insert(now);
+            }
+            self.notify
+                .render(&id, t, &changes, &s.event_id, None, &mut self.staged);
+            self.rows.insert(id.clone(), t.row(&id));
         }
         Ok(())
     }
 }
 
-impl<S: StateStore> Processor for DeliveriesProcessor<S> {
+impl<S: StateStore> StatefulProcessor for DeliveriesProcessor<S> {
     type Input = DeliveryEvent;
+    type State = Tracked;
 
     async fn process(
         &mut self,
         input: &Input<'_, DeliveryEvent>,
+        state: &mut State<Tracked>,
         out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let r = &input.record;
@@ -564,13 +461,7 @@ impl<S: StateStore> Processor for DeliveriesProcessor<S> {
         let route = entry.as_ref().and_then(|e| e.profile.route.as_ref());
         let now = now_ms();
         let params = self.params;
-        self.ensure_part(input.partition, input.offset).await?;
-        let part = self.parts.get_mut(&input.partition).expect("ensured above");
-        if input.offset < part.skip_below {
-            self.replays.inc();
-            return Ok(());
-        }
-        if let Some(t) = part.state.deliveries.get(r.delivery_id.as_str())
+        if let Some(t) = state.get(&r.delivery_id)
             && t.vehicle_id != r.vehicle_id
             && r.reassigned_by.is_none()
         {
@@ -584,29 +475,22 @@ impl<S: StateStore> Processor for DeliveriesProcessor<S> {
                 ),
             ));
         }
-        part.last_offset = input.offset;
-        part.dirty = true;
-        let (t, mut changes) = match part.state.deliveries.get_mut(r.delivery_id.as_str()) {
+        let (t, mut changes) = match state.get_mut(&r.delivery_id) {
             Some(t) => {
                 let changes = t.delivery.apply(&update);
                 (t, changes)
             }
             None => {
                 let (delivery, changes) = Delivery::new(&update);
-                let t = part
-                    .state
-                    .deliveries
-                    .entry(r.delivery_id.clone())
-                    .or_insert(Tracked {
-                        vehicle_id: r.vehicle_id.clone(),
-                        vehicle_at: r.event_time,
-                        driver_id: None,
-                        delivery,
-                        speed: SpeedEstimator::default(),
-                        late_episodes: 0,
-                        final_at: None,
-                        row_dirty: true,
-                    });
+                let t = state.get_or_insert_with(&r.delivery_id, || Tracked {
+                    vehicle_id: r.vehicle_id.clone(),
+                    vehicle_at: r.event_time,
+                    driver_id: None,
+                    delivery,
+                    speed: SpeedEstimator::default(),
+                    late_episodes: 0,
+                    final_at: None,
+                });
                 (t, changes)
             }
         };
@@ -625,7 +509,6 @@ impl<S: StateStore> Processor for DeliveriesProcessor<S> {
                     .observe(r.event_time, p, route, &t.speed, &params),
             );
         }
-        t.row_dirty = true;
         if t.delivery.status.is_final() {
             t.final_at.get_or_insert(now);
         }
@@ -638,88 +521,48 @@ impl<S: StateStore> Processor for DeliveriesProcessor<S> {
             sent,
             &mut self.staged,
         );
+        self.rows
+            .insert(r.delivery_id.clone(), t.row(&r.delivery_id));
         self.flush_staged(out)
     }
 
-    async fn on_tick(&mut self, now: i64, out: &mut Outputs) -> Result<(), ProcessError> {
-        if now - self.last_poll_ms >= self.cfg.position_interval.as_millis() as i64 {
-            self.last_poll_ms = now;
-            self.poll_positions(now).await?;
+    async fn on_tick(
+        &mut self,
+        now: i64,
+        _topic: &str,
+        _partition: i32,
+        state: &mut State<Tracked>,
+        out: &mut Outputs,
+    ) -> Result<(), ProcessError> {
+        if now != self.tick_now {
+            self.tick_now = now;
+            self.polled.clear();
+            self.poll_due =
+                now - self.last_poll_ms >= self.cfg.position_interval.as_millis() as i64;
+            if self.poll_due {
+                self.last_poll_ms = now;
+            }
+        }
+        if self.poll_due {
+            self.poll_positions(now, state).await?;
             self.flush_staged(out)?;
         }
-        // Rows first: a snapshot never claims more than the table shows.
-        self.write_rows().await?;
         let retain = self.cfg.retain_final.as_millis() as i64;
-        for part in self.parts.values_mut() {
-            let before = part.state.deliveries.len();
-            part.state
-                .deliveries
-                .retain(|_, t| t.final_at.is_none_or(|at| now - at < retain));
-            if part.state.deliveries.len() != before {
-                part.dirty = true;
-            }
-        }
-        let mut snaps = Pending::new();
-        if now - self.last_checkpoint_ms >= self.cfg.checkpoint_interval.as_millis() as i64 {
-            self.last_checkpoint_ms = now;
-            for (p, part) in self.parts.iter_mut().filter(|(_, part)| part.dirty) {
-                let bytes = serde_json::to_vec(&part.state)
-                    .map_err(|e| ProcessError::Fatal(format!("deliveries snapshot: {e}")))?;
-                part.dirty = false;
-                snaps.push((*p, part.last_offset + 1, bytes));
-            }
-        }
-        self.pending.push_back(snaps);
+        state.retain(|_, t, _| t.final_at.is_none_or(|at| now - at < retain));
         Ok(())
     }
 
-    async fn on_tick_durable(&mut self) -> Result<(), ProcessError> {
-        let Some(snaps) = self.pending.pop_front() else {
+    async fn flush(&mut self) -> Result<(), ProcessError> {
+        if self.rows.is_empty() {
             return Ok(());
-        };
-        for (p, next, bytes) in snaps {
-            if !self.parts.contains_key(&p) {
-                continue;
-            }
-            if let Err(e) = self
-                .store
-                .save_checkpoint(&self.group, &self.cfg.input_topic, p, next, &bytes)
-                .await
-            {
-                if let Some(part) = self.parts.get_mut(&p) {
-                    part.dirty = true;
-                }
-                return Err(ProcessError::Transient(format!(
-                    "saving the deliveries snapshot: {e}"
-                )));
-            }
-            if let Some(part) = self.parts.get_mut(&p) {
-                part.hold = part.hold.max(next);
-            }
         }
+        let rows: Vec<DeliveryRow> = self.rows.values().cloned().collect();
+        self.store
+            .put_deliveries(&rows)
+            .await
+            .map_err(|e| ProcessError::Transient(format!("writing deliveries: {e}")))?;
+        self.rows.clear();
         Ok(())
-    }
-
-    fn hold(&self, _topic: &str, partition: i32) -> Option<i64> {
-        self.parts.get(&partition).map(|p| p.hold)
-    }
-
-    async fn on_assign(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
-        for (topic, p) in partitions {
-            if *topic != self.cfg.input_topic || self.parts.contains_key(p) {
-                continue;
-            }
-            if let Some(part) = self.load(*p).await? {
-                self.parts.insert(*p, part);
-            }
-        }
-        Ok(())
-    }
-
-    fn on_revoke(&mut self, partitions: &[(String, i32)]) {
-        for (_, p) in partitions {
-            self.parts.remove(p);
-        }
     }
 }
 

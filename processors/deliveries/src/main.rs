@@ -1,4 +1,5 @@
-//! `deliveries-processor`: see the library docs for inputs, outputs and the delivery guarantee.
+//! `deliveries-processor`: see the library docs for inputs, outputs and the delivery guarantee
+//! (the state runtime: `runner.processing_guarantee` chooses exactly once or at least once).
 
 use anyhow::Context;
 use fleet_deliveries::{DeliveriesConfig, DeliveriesProcessor};
@@ -44,14 +45,13 @@ async fn main() -> anyhow::Result<()> {
     let notifications = runtime.encoder(&config.app.notifications_topic).await?;
     let processor = DeliveriesProcessor::new(
         &config.app,
-        &runtime.group_id(),
         store,
         profiles,
         notifications,
         &runtime.metrics,
     );
     runtime
-        .run(processor, &[config.app.input_topic.as_str()], token)
+        .run_stateful(processor, &[config.app.input_topic.as_str()], token)
         .await?;
     Ok(())
 }

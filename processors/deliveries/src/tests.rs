@@ -1,3 +1,4 @@
+use fleet_runtime::harness::Harness;
 use fleet_schemas::{Decoder, Position};
 use fleet_state::{Store, StoreOptions};
 
@@ -21,21 +22,25 @@ fn config() -> DeliveriesConfig {
     DeliveriesConfig {
         notifications_topic: "notif".into(),
         position_interval: Duration::from_millis(1),
-        checkpoint_interval: Duration::ZERO,
         recipient: "dispatch:{delivery_id}".into(),
         ..Default::default()
     }
 }
 
-fn processor(store: Store) -> DeliveriesProcessor<Store> {
+type P = Harness<DeliveriesProcessor<Store>>;
+
+fn new_processor(store: Store) -> DeliveriesProcessor<Store> {
     DeliveriesProcessor::new(
         &config(),
-        "deliveries-test",
         store,
         Table::empty(),
         Encoder::with_schema_id(N_ID),
         &Metrics::new("test"),
     )
+}
+
+fn processor(store: Store) -> P {
+    Harness::new(new_processor(store))
 }
 
 fn event(id: &str, vehicle: &str, kind: DeliveryKind, t: i64) -> DeliveryEvent {
@@ -78,22 +83,22 @@ async fn decode(out: &Outputs) -> Vec<Notification> {
     v
 }
 
-async fn feed(
-    p: &mut DeliveriesProcessor<Store>,
-    partition: i32,
-    offset: i64,
-    r: DeliveryEvent,
-) -> Vec<Notification> {
-    let input = Input {
+fn input(partition: i32, offset: i64, r: DeliveryEvent) -> Input<'static, DeliveryEvent> {
+    Input {
         record: r,
         topic: TOPIC,
         partition,
         offset,
         key: None,
         timestamp_ms: None,
-    };
-    let mut out = Outputs::new();
-    p.process(&input, &mut out).await.expect("processed");
+    }
+}
+
+async fn feed(p: &mut P, partition: i32, offset: i64, r: DeliveryEvent) -> Vec<Notification> {
+    let out = p
+        .process(&input(partition, offset, r))
+        .await
+        .expect("processed");
     decode(&out).await
 }
 
@@ -104,11 +109,10 @@ fn clock() -> i64 {
     now_ms() + OFFSET.fetch_add(1_000, Ordering::Relaxed)
 }
 
-/// One tick, with its snapshot made durable (as the runtime does once outputs are acked).
-async fn tick(p: &mut DeliveriesProcessor<Store>, now: i64) -> Vec<Notification> {
-    let mut out = Outputs::new();
-    p.on_tick(now, &mut out).await.expect("tick");
-    p.on_tick_durable().await.expect("durable");
+/// One tick, then a commit (which writes the rows).
+async fn tick(p: &mut P, now: i64) -> Vec<Notification> {
+    let out = p.tick(now).await.expect("tick");
+    p.commit().await.expect("commit");
     decode(&out).await
 }
 
@@ -208,7 +212,7 @@ async fn driver_steps_notify_once_each_and_the_row_follows() {
     );
     assert_eq!(all[2].event_time, t0 + 9_000);
     assert_eq!(all[2].sent_time, Some(t0 + 9_001));
-    // Rows are written on the tick.
+    // Rows are written before the commit.
     assert!(st.delivery("D-1").await.expect("read").is_none());
     tick(&mut p, clock()).await;
     let row = st.delivery("D-1").await.expect("read").expect("row");
@@ -329,7 +333,7 @@ async fn a_slipping_eta_is_late_once_then_overdue_once() {
 }
 
 #[tokio::test]
-async fn restart_resumes_from_the_snapshot_with_the_same_notification_ids() {
+async fn restart_resumes_from_the_committed_state_with_the_same_notification_ids() {
     let dir = tempfile::tempdir().expect("tmp");
     let st = store(&dir).await;
     let t0 = now_ms() - 3_600_000;
@@ -353,7 +357,7 @@ async fn restart_resumes_from_the_snapshot_with_the_same_notification_ids() {
     position(&ref_st, "VEH-4", t0 + 530_000, DEST, 0.0).await;
     reference.extend(tick(&mut r, clock()).await);
 
-    // First instance: the inputs, one durable snapshot, then a crash (dropped).
+    // First life: the inputs and a tick, committed; then a crash.
     let mut p = processor(st.clone());
     let mut seen = Vec::new();
     for (i, e) in inputs.iter().enumerate() {
@@ -361,24 +365,9 @@ async fn restart_resumes_from_the_snapshot_with_the_same_notification_ids() {
     }
     position(&st, "VEH-4", t0 + 10_000, FAR, 40.0).await;
     seen.extend(tick(&mut p, clock()).await);
-    assert_eq!(
-        p.hold(TOPIC, 3),
-        Some(3),
-        "the snapshot covers offsets 0..3"
-    );
-    drop(p);
-    // Second instance: the partition is assigned (snapshot loaded before any input), the
-    // broker re-delivers from the committed offset (here: all of it).
-    let mut p = processor(st.clone());
-    p.on_assign(&[(TOPIC.to_owned(), 3)]).await.expect("assign");
-    assert_eq!(p.hold(TOPIC, 3), Some(3));
-    for (i, e) in inputs.iter().enumerate() {
-        assert!(
-            feed(&mut p, 3, i as i64, e.clone()).await.is_empty(),
-            "covered input {i} skipped"
-        );
-    }
-    // No input arrives on the quiet partition, yet the open delivery is still tracked.
+    // Second life: the partition is restored from the committed state; no input arrives on
+    // the quiet partition, yet the open delivery is still tracked.
+    p.restart(new_processor(st.clone()));
     position(&st, "VEH-4", t0 + 400_000, DEST, 0.0).await;
     seen.extend(tick(&mut p, clock()).await);
     position(&st, "VEH-4", t0 + 530_000, DEST, 0.0).await;
@@ -404,30 +393,33 @@ async fn restart_resumes_from_the_snapshot_with_the_same_notification_ids() {
     assert_eq!(row.delivered_at, Some(t0 + 530_000));
 }
 
+/// A crash before the commit loses the batch's state: the inputs come again (from the
+/// committed offset) and produce the same notifications, with the same ids.
 #[tokio::test]
-async fn assignment_of_another_topic_or_an_unknown_partition_loads_nothing() {
+async fn a_crash_before_the_commit_repeats_the_batch_identically() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut p = processor(store(&dir).await);
-    p.on_assign(&[("other".into(), 0), (TOPIC.into(), 7)])
-        .await
-        .expect("assign");
-    assert_eq!(p.hold(TOPIC, 7), None);
-    assert_eq!(p.hold("other", 0), None);
+    let st = store(&dir).await;
+    let t0 = now_ms() - 3_600_000;
+    let mut p = processor(st.clone());
+    feed(&mut p, 0, 0, created("D-7", "VEH-7", t0, None)).await;
+    p.commit().await.expect("commit");
+    let step = event("D-7", "VEH-7", DeliveryKind::PickedUp, t0 + 1_000);
+    let first = feed(&mut p, 0, 1, step.clone()).await;
+    p.restart(new_processor(st.clone()));
+    let again = feed(&mut p, 0, 1, step).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].event_id, again[0].event_id);
+    assert_eq!(first[0].subject, again[0].subject);
 }
 
 #[tokio::test]
 async fn records_without_ids_are_poison() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut p = processor(store(&dir).await);
-    let input = Input {
-        record: event(" ", "VEH-1", DeliveryKind::Created, 1),
-        topic: TOPIC,
-        partition: 0,
-        offset: 0,
-        key: None,
-        timestamp_ms: None,
-    };
-    let err = p.process(&input, &mut Outputs::new()).await.unwrap_err();
+    let err = p
+        .process(&input(0, 0, event(" ", "VEH-1", DeliveryKind::Created, 1)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProcessError::Poison { .. }), "{err:?}");
 }
 
@@ -477,16 +469,14 @@ async fn another_vehicles_driver_cannot_take_a_delivery_over() {
     let t0 = now_ms() - 3_600_000;
     feed(&mut p, 0, 0, created("D-9", "VEH-OWN", t0, None)).await;
     for (offset, kind) in [(1, DeliveryKind::PickedUp), (2, DeliveryKind::Delivered)] {
-        let input = Input {
-            record: event("D-9", "VEH-THIEF", kind, t0 + 1_000),
-            topic: TOPIC,
-            partition: 0,
-            offset,
-            key: None,
-            timestamp_ms: None,
-        };
-        let mut out = Outputs::new();
-        let err = p.process(&input, &mut out).await.unwrap_err();
+        let err = p
+            .process(&input(
+                0,
+                offset,
+                event("D-9", "VEH-THIEF", kind, t0 + 1_000),
+            ))
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -497,7 +487,6 @@ async fn another_vehicles_driver_cannot_take_a_delivery_over() {
             ),
             "{err:?}"
         );
-        assert!(out.is_empty(), "no notification for a rejected update");
     }
     // Its own vehicle goes on as before.
     feed(
@@ -529,9 +518,9 @@ async fn finished_deliveries_leave_memory_after_the_retention() {
     .await;
     let now = clock();
     tick(&mut p, now).await;
-    assert_eq!(p.parts[&0].state.deliveries.len(), 1);
+    assert_eq!(p.state(TOPIC, 0).map(State::len), Some(1));
     tick(&mut p, now + 3_600_000).await;
-    assert!(p.parts[&0].state.deliveries.is_empty());
+    assert_eq!(p.state(TOPIC, 0).map(State::len), Some(0));
     // The row stays.
     let row = st.delivery("D-6").await.expect("read").expect("row");
     assert_eq!(row.status, "cancelled");

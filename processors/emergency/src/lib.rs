@@ -13,34 +13,44 @@
 //! known to be in an open incident).
 //!
 //! ## Delivery guarantee
-//! At least once, de-duplicated by the incident id: [`incident_id`], the emergency's `event_id`
-//! scoped to its vehicle and kind (a device's `eventId` is only unique per device: firmware
-//! that restarts its counter, or two vehicles using the same id, must not make one vehicle's
-//! panic a replay of another's). An emergency's incident is recorded before its
-//! outputs are produced; the offset is stored after the outputs are acknowledged, and then the
-//! incident is marked `notified`. A replay of an emergency whose incident is already marked
-//! notified (the bridge re-sent it, or the processor restarted after finishing it) produces
-//! nothing. A crash between recording and marking re-produces the same outputs, with the same
-//! deterministic `event_id`s (derived from the incident id and the recipient), which the
-//! notifier uses as its idempotency key.
+//! The processor runs on the state runtime ([`fleet_runtime::task`]). Its state is the set of
+//! incidents it handled, keyed by [`incident_id`]: the emergency's `event_id` scoped to its
+//! vehicle and kind (a device's `eventId` is only unique per device: firmware that restarts
+//! its counter, or two vehicles using the same id, must not make one vehicle's panic a replay
+//! of another's). An emergency whose incident is in the state (the bridge re-sent it) produces
+//! nothing; incidents are remembered for `app.dedupe_window` (7 days).
+//!
+//! * `runner.processing_guarantee = "exactly_once"`: notifications, commands, the handled
+//!   incidents and the input offsets commit in one Kafka transaction: a `read_committed`
+//!   reader (the notifier) sees each notification once. The commit interval is 20 ms unless
+//!   configured (the fast lane's latency: outputs are visible at the commit).
+//! * `at_least_once` (the default): outputs are produced at once; a crash repeats those since
+//!   the last commit with the same deterministic `event_id`s (derived from the incident id
+//!   and the recipient), which the notifier uses as its idempotency key.
+//!
+//! The `incidents` table row is written (an idempotent insert) before the outputs are staged,
+//! and marked `notified` after the commit that made them durable. A crash between the two
+//! leaves a row unmarked until the emergency is handled again; an aborted batch may mark its
+//! incidents before they are produced again. The table is a view for people and the API: the
+//! state decides what is a duplicate.
 //!
 //! ## Latency
-//! `main` uses the latency producer profile (linger 0) and a short consumer fetch wait
-//! (`kafka.fetch_wait` = 25 ms unless configured); the only other work on the path is one read
-//! and one write of the state store.
+//! `main` uses the latency producer profile (linger 0), a short consumer fetch wait
+//! (`kafka.fetch_wait` = 25 ms unless configured) and a short commit interval; the only other
+//! work on the path is one write of the state store.
 //!
 //! Recipients: the vehicle's profile (`fleet.vehicle-profiles`, read as a table) names its OWNER
 //! and AUTHORITY contacts with their channels; for a vehicle without such contacts the
 //! configured `owner_recipient` (may contain `{vehicle_id}`) and `authorities_recipient` are
 //! used. The operations dashboard (`operations_recipient`, log channel) is told of every incident.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_domain::incident::{Cause, Level, Policy, Response};
 use fleet_runtime::metrics::{Metrics, now_ms};
-use fleet_runtime::{Input, Outputs, ProcessError, Processor, Table};
+use fleet_runtime::{Input, Outputs, ProcessError, State, StatefulProcessor, Table};
 use fleet_schemas::{
     Channel, CommandKind, ContactRole, DeviceCommand, EmergencyEvent, EmergencyKind, Encoder,
     Notification, Severity, VehicleProfile, ids,
@@ -48,6 +58,7 @@ use fleet_schemas::{
 use fleet_state::{Incident, StateStore};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 fleet_runtime::config_section! {
     /// emergency-processor settings.
@@ -82,6 +93,9 @@ fleet_runtime::config_section! {
         /// A command not delivered within this time is dropped by the bridge.
         #[serde(with = "humantime_serde")]
         pub command_ttl: Duration = Duration::from_secs(600),
+        /// How long a handled incident is remembered (a re-sent emergency within it produces nothing).
+        #[serde(with = "humantime_serde")]
+        pub dedupe_window: Duration = Duration::from_secs(7 * 24 * 3600),
     }
     validate(c) {
         for (k, v) in [("owner_from", &c.owner_from), ("authorities_from", &c.authorities_from), ("camera_from", &c.camera_from)] {
@@ -133,8 +147,8 @@ pub struct Emergency<S> {
     profiles: Table<VehicleProfile>,
     notifications: (Arc<str>, Encoder<Notification>),
     commands: (Arc<str>, Encoder<DeviceCommand>),
-    /// Per input partition: (offset, incident id) whose outputs are not yet acknowledged.
-    unconfirmed: HashMap<(String, i32), VecDeque<(i64, String)>>,
+    /// Incidents handled since the last commit (marked notified once it is done).
+    unconfirmed: Vec<String>,
     duplicates: Counter,
     to_incident: Histogram,
 }
@@ -171,7 +185,7 @@ impl<S: StateStore> Emergency<S> {
             profiles,
             notifications: (Arc::from(cfg.notifications_topic.as_str()), notifications),
             commands: (Arc::from(cfg.commands_topic.as_str()), commands),
-            unconfirmed: HashMap::new(),
+            unconfirmed: Vec::new(),
             duplicates: metrics.records(&cfg.input_topic, "duplicate"),
             to_incident: metrics.latency("ingest_to_incident"),
         }
@@ -290,6 +304,13 @@ impl<S: StateStore> Emergency<S> {
     }
 }
 
+/// What the state keeps of a handled incident (the key is its [`incident_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handled {
+    /// Processing time it was handled (forgotten `dedupe_window` later).
+    pub at: i64,
+}
+
 /// The key of an emergency's incident: its `event_id` scoped to the vehicle and the kind, so
 /// that ids repeated across devices (or a device's restarted counter with another kind) never
 /// collide. Stable: a re-sent emergency maps to the same incident.
@@ -297,12 +318,14 @@ pub fn incident_id(e: &EmergencyEvent) -> String {
     ids::derived_id(&["incident", &e.vehicle_id, kind_name(e.kind), &e.event_id])
 }
 
-impl<S: StateStore> Processor for Emergency<S> {
+impl<S: StateStore> StatefulProcessor for Emergency<S> {
     type Input = EmergencyEvent;
+    type State = Handled;
 
     async fn process(
         &mut self,
         input: &Input<'_, EmergencyEvent>,
+        state: &mut State<Handled>,
         out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let e = &input.record;
@@ -313,9 +336,15 @@ impl<S: StateStore> Processor for Emergency<S> {
             ));
         }
         let now = now_ms();
+        let id = incident_id(e);
+        if state.get(&id).is_some() {
+            // Already handled: a re-sent or replayed emergency.
+            self.duplicates.inc();
+            return Ok(());
+        }
         let response = self.policy.respond(cause(e.kind), Level::from(e.severity));
         let incident = Incident {
-            incident_id: incident_id(e),
+            incident_id: id.clone(),
             vehicle_id: e.vehicle_id.clone(),
             kind: kind_name(e.kind).to_owned(),
             severity: severity_name(Severity::from(response.level)).to_owned(),
@@ -334,49 +363,38 @@ impl<S: StateStore> Processor for Emergency<S> {
             .map_err(|err| ProcessError::Transient(format!("recording incident: {err}")))?;
         self.to_incident
             .observe(((now - e.ingest_time).max(0) as f64) / 1000.0);
-        if existing.as_ref().is_some_and(|i| i.notified_at.is_some()) {
-            // Already handled and confirmed: a re-sent or replayed emergency.
-            self.duplicates.inc();
-            return Ok(());
-        }
         if existing.is_none() {
-            tracing::info!(incident = %incident.incident_id, event = %e.event_id, vehicle = %e.vehicle_id, kind = kind_name(e.kind), level = ?response.level, "incident recorded");
+            tracing::info!(incident = %id, event = %e.event_id, vehicle = %e.vehicle_id, kind = kind_name(e.kind), level = ?response.level, "incident recorded");
         }
         self.stage(e, &response, now, out)?;
-        self.unconfirmed
-            .entry((input.topic.to_owned(), input.partition))
-            .or_default()
-            .push_back((input.offset, incident.incident_id));
+        state.insert(&id, Handled { at: now });
+        self.unconfirmed.push(id);
         Ok(())
     }
 
-    async fn on_durable(
+    async fn on_tick(
         &mut self,
-        topic: &str,
-        partition: i32,
-        next_offset: i64,
+        now: i64,
+        _topic: &str,
+        _partition: i32,
+        state: &mut State<Handled>,
+        _out: &mut Outputs,
     ) -> Result<(), ProcessError> {
-        let Some(queue) = self.unconfirmed.get_mut(&(topic.to_owned(), partition)) else {
-            return Ok(());
-        };
-        let mut done = Vec::new();
-        while queue.front().is_some_and(|(o, _)| *o < next_offset) {
-            if let Some((_, id)) = queue.pop_front() {
-                done.push(id);
-            }
-        }
-        if done.is_empty() {
-            return Ok(());
-        }
-        self.store
-            .mark_notified(&done, now_ms())
-            .await
-            .map_err(|err| ProcessError::Transient(format!("marking incidents notified: {err}")))
+        let window = i64::try_from(self.cfg.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        state.retain(|_, h, _| now.saturating_sub(h.at) < window);
+        Ok(())
     }
 
-    fn on_revoke(&mut self, partitions: &[(String, i32)]) {
-        for p in partitions {
-            self.unconfirmed.remove(p);
+    async fn committed(&mut self) {
+        if self.unconfirmed.is_empty() {
+            return;
+        }
+        match self.store.mark_notified(&self.unconfirmed, now_ms()).await {
+            Ok(()) => self.unconfirmed.clear(),
+            // Marked with the next commit.
+            Err(err) => {
+                tracing::warn!(error = %err, incidents = self.unconfirmed.len(), "marking incidents notified")
+            }
         }
     }
 }

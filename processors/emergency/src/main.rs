@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use fleet_emergency::{Emergency, EmergencyConfig};
-use fleet_runtime::config::KafkaConfig;
+use fleet_runtime::config::{KafkaConfig, RunnerConfig};
 use fleet_runtime::kafka::ProducerProfile;
 use fleet_runtime::{Runtime, Table, shutdown};
 use fleet_schemas::VehicleProfile;
@@ -25,6 +25,11 @@ async fn main() -> anyhow::Result<()> {
     // this project used before Apache Kafka, ~4 ms of CPU for 6 partitions).
     if config.kafka.fetch_wait == KafkaConfig::default().fetch_wait {
         config.kafka.fetch_wait = std::time::Duration::from_millis(25);
+    }
+    // Exactly once, outputs become visible at the commit: commit often (an idle lane commits
+    // nothing).
+    if config.runner.commit_interval == RunnerConfig::default().commit_interval {
+        config.runner.commit_interval = std::time::Duration::from_millis(20);
     }
     let token = shutdown::install();
     let runtime = Runtime::start(NAME, &config, ProducerProfile::Latency, token.clone())
@@ -49,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     );
     // The run loop logs its summary when it stops.
     runtime
-        .run(processor, &[config.app.input_topic.as_str()], token)
+        .run_stateful(processor, &[config.app.input_topic.as_str()], token)
         .await?;
     Ok(())
 }

@@ -1,3 +1,4 @@
+use fleet_runtime::harness::Harness;
 use fleet_schemas::{Decoder, Position};
 use fleet_state::{Store, StoreOptions};
 
@@ -29,11 +30,17 @@ async fn store(dir: &tempfile::TempDir) -> Store {
         .expect("store")
 }
 
-fn processor(store: Store) -> Emergency<Store> {
-    processor_with(store, Table::empty())
+type P = Harness<Emergency<Store>>;
+
+fn processor(store: Store) -> P {
+    Harness::new(new_processor(store, Table::empty()))
 }
 
-fn processor_with(store: Store, profiles: Table<VehicleProfile>) -> Emergency<Store> {
+fn processor_with(store: Store, profiles: Table<VehicleProfile>) -> P {
+    Harness::new(new_processor(store, profiles))
+}
+
+fn new_processor(store: Store, profiles: Table<VehicleProfile>) -> Emergency<Store> {
     let cfg = EmergencyConfig {
         notifications_topic: "notif".into(),
         commands_topic: "cmd".into(),
@@ -55,7 +62,7 @@ struct Staged {
     commands: Vec<(String, DeviceCommand)>,
 }
 
-async fn feed(p: &mut Emergency<Store>, offset: i64, e: EmergencyEvent) -> Staged {
+async fn feed(p: &mut P, offset: i64, e: EmergencyEvent) -> Staged {
     let input = Input {
         record: e,
         topic: "in",
@@ -64,8 +71,7 @@ async fn feed(p: &mut Emergency<Store>, offset: i64, e: EmergencyEvent) -> Stage
         key: None,
         timestamp_ms: None,
     };
-    let mut out = Outputs::new();
-    p.process(&input, &mut out).await.expect("processed");
+    let out = p.process(&input).await.expect("processed");
     let mut staged = Staged::default();
     let nd = Decoder::<Notification>::offline(&[NOTIF_ID]);
     let cd = Decoder::<DeviceCommand>::offline(&[CMD_ID]);
@@ -144,9 +150,9 @@ async fn a_panic_button_notifies_everyone_and_starts_the_camera() {
         ("VEH-1", "PANIC_BUTTON", "HIGH")
     );
     assert_eq!(incident.status, "open");
-    assert_eq!(incident.notified_at, None, "not confirmed until durable");
+    assert_eq!(incident.notified_at, None, "not confirmed until committed");
     assert_eq!(s.incidents_for_vehicle("VEH-1", 5).await.unwrap().len(), 1);
-    p.on_durable("in", 0, 6).await.expect("durable");
+    p.commit().await.expect("commit");
     assert!(
         s.incident(&id)
             .await
@@ -158,28 +164,29 @@ async fn a_panic_button_notifies_everyone_and_starts_the_camera() {
 }
 
 #[tokio::test]
-async fn a_confirmed_emergency_is_never_notified_twice_even_after_a_restart() {
+async fn a_committed_emergency_is_never_notified_twice_even_after_a_restart() {
     let dir = tempfile::tempdir().expect("tmp");
     let s = store(&dir).await;
     let mut p = processor(s.clone());
     let e = emergency("e-2", "VEH-2", EmergencyKind::Crash, Severity::Critical);
     let first = feed(&mut p, 1, e.clone()).await;
     assert_eq!(first.notifications.len(), 3);
-    p.on_durable("in", 0, 2).await.expect("durable");
-    // The bridge re-sent it (same event_id): nothing.
+    // The bridge re-sent it (same event_id) before the commit: nothing.
     let again = feed(&mut p, 2, e.clone()).await;
     assert!(again.notifications.is_empty() && again.commands.is_empty());
-    // A new process over the same store, replaying the partition: nothing either.
-    let mut restarted = processor(store(&dir).await);
-    let replay = feed(&mut restarted, 1, e).await;
+    p.commit().await.expect("commit");
+    // A restarted process, the bridge re-sending it once more: nothing either.
+    p.restart(new_processor(s.clone(), Table::empty()));
+    let replay = feed(&mut p, 3, e).await;
     assert!(replay.notifications.is_empty() && replay.commands.is_empty());
 }
 
 #[tokio::test]
-async fn an_unconfirmed_emergency_is_replayed_with_the_same_ids() {
-    // A crash after the incident was recorded but before its outputs were acknowledged.
+async fn an_uncommitted_emergency_is_replayed_with_the_same_ids() {
+    // A crash after the incident was recorded but before its batch committed.
     let dir = tempfile::tempdir().expect("tmp");
-    let mut p = processor(store(&dir).await);
+    let s = store(&dir).await;
+    let mut p = processor(s.clone());
     let e = emergency(
         "e-3",
         "VEH-3",
@@ -187,9 +194,8 @@ async fn an_unconfirmed_emergency_is_replayed_with_the_same_ids() {
         Severity::Critical,
     );
     let before = feed(&mut p, 7, e.clone()).await;
-    drop(p);
-    let mut restarted = processor(store(&dir).await);
-    let after = feed(&mut restarted, 7, e).await;
+    p.restart(new_processor(s.clone(), Table::empty()));
+    let after = feed(&mut p, 7, e).await;
     let ids = |s: &Staged| -> Vec<String> {
         s.notifications
             .iter()
@@ -228,27 +234,14 @@ async fn a_medium_report_reaches_the_owner_only() {
 }
 
 #[tokio::test]
-async fn confirmation_follows_the_durable_offsets() {
+async fn incidents_are_marked_notified_by_the_commit_and_forgotten_after_the_window() {
     let dir = tempfile::tempdir().expect("tmp");
     let s = store(&dir).await;
     let mut p = processor(s.clone());
-    for (offset, id) in [(10, "a"), (11, "b"), (12, "c")] {
-        feed(
-            &mut p,
-            offset,
-            emergency(id, "VEH-5", EmergencyKind::PanicButton, Severity::High),
-        )
-        .await;
-    }
-    p.on_durable("in", 0, 12).await.expect("durable");
+    let e = |id: &'static str| emergency(id, "VEH-5", EmergencyKind::PanicButton, Severity::High);
     let notified = |id: &'static str| {
         let s = s.clone();
-        let id = incident_id(&emergency(
-            id,
-            "VEH-5",
-            EmergencyKind::PanicButton,
-            Severity::High,
-        ));
+        let id = incident_id(&e(id));
         async move {
             s.incident(&id)
                 .await
@@ -258,14 +251,20 @@ async fn confirmation_follows_the_durable_offsets() {
                 .is_some()
         }
     };
+    feed(&mut p, 10, e("a")).await;
+    feed(&mut p, 11, e("b")).await;
+    p.commit().await.expect("commit");
+    feed(&mut p, 12, e("c")).await;
     assert!(notified("a").await && notified("b").await);
-    assert!(!notified("c").await, "offset 12 not yet durable");
-    p.on_revoke(&[("in".to_owned(), 0)]);
-    p.on_durable("in", 0, 13).await.expect("durable");
-    assert!(
-        !notified("c").await,
-        "a revoked partition's confirmations are its new owner's"
-    );
+    assert!(!notified("c").await, "not committed yet");
+    p.commit().await.expect("commit");
+    assert!(notified("c").await);
+    // Remembered within the window, forgotten after it (the state stays bounded).
+    let now = now_ms();
+    p.tick(now + 3_600_000).await.expect("tick");
+    assert_eq!(p.state("in", 0).map(State::len), Some(3));
+    p.tick(now + 8 * 24 * 3_600_000).await.expect("tick");
+    assert_eq!(p.state("in", 0).map(State::len), Some(0));
 }
 
 #[test]
@@ -369,7 +368,7 @@ async fn the_same_event_id_from_another_vehicle_is_another_incident() {
     );
     let first = feed(&mut p, 1, a.clone()).await;
     assert_eq!(first.notifications.len(), 3);
-    p.on_durable("in", 0, 2).await.expect("durable");
+    p.commit().await.expect("commit");
     let b = emergency(
         "evt-1",
         "VEH-B",
@@ -401,6 +400,6 @@ async fn the_same_event_id_from_another_vehicle_is_another_incident() {
     let crash = emergency("evt-1", "VEH-A", EmergencyKind::Crash, Severity::Critical);
     assert_eq!(feed(&mut p, 3, crash).await.notifications.len(), 3);
     // A re-send of VEH-A's panic still is a replay.
-    p.on_durable("in", 0, 4).await.expect("durable");
+    p.commit().await.expect("commit");
     assert!(feed(&mut p, 4, a).await.notifications.is_empty());
 }

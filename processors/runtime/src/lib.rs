@@ -15,7 +15,8 @@
 //!   runtime-owned [`State`] of its input's partition; the runtime restores it from a
 //!   changelog topic on assign, checkpoints changed keys with each commit, and with
 //!   `runner.processing_guarantee = "exactly_once"` commits outputs, state and offsets in one
-//!   Kafka transaction. New stateful processors are written this way (see the example below).
+//!   Kafka transaction. New stateful processors are written this way (see the example below);
+//!   [`harness`] drives one in unit tests, commits and restarts included, without Kafka.
 //! * [`metrics`]: Prometheus `/metrics`, `/health/live`, `/health/ready`.
 //! * [`table`]: a topic read from the beginning as an in-memory table (vehicle profiles).
 //! * [`shutdown`]: SIGINT/SIGTERM -> cancellation token; a second signal exits at once.
@@ -69,6 +70,7 @@
 pub mod backoff;
 pub mod config;
 mod error;
+pub mod harness;
 pub mod http;
 pub mod kafka;
 pub mod limit;

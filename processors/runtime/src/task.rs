@@ -35,10 +35,15 @@
 //!   `instance_id` aborts its previous life's open transaction at once; otherwise the broker
 //!   aborts it after `runner.transaction_timeout`. Side effects outside Kafka are not covered:
 //!   a processor that writes elsewhere must write idempotently.
-//! * `at_least_once`: the same batches, committed in steps (outputs and changelog records
-//!   acknowledged, then offsets committed). A crash repeats the inputs since the last commit:
-//!   their outputs are produced again (same `event_id`s) and, if the batch's changelog records
-//!   had landed, their state changes are applied twice.
+//! * `at_least_once`: the same batches, committed in steps: outputs acknowledged, then
+//!   changelog records acknowledged, then offsets committed. State is never durable before
+//!   the outputs it records, so a restart never finds an input handled whose outputs were
+//!   lost. A crash repeats the inputs since the last commit: their outputs are produced
+//!   again (same `event_id`s) and, if the batch's changelog records had landed, their state
+//!   changes are applied twice.
+//!
+//! Writes outside Kafka (a processor's table rows) happen in [`StatefulProcessor::flush`],
+//! before the commit, under either guarantee: at least once, idempotent.
 //!
 //! A restore reads the changelog partition to its end and on until it has seen the
 //! checkpoint record of the committed offset (read after the group's pending transactional
@@ -94,6 +99,22 @@ pub trait StatefulProcessor: Send {
         _out: &mut Outputs,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send {
         async { Ok(()) }
+    }
+
+    /// Called before each commit: write what the batch changed outside Kafka (rows of a
+    /// table), idempotently. Kafka's transaction does not cover these writes: they may land
+    /// for a batch that is then aborted, and are written again when its inputs are
+    /// processed again, so write the latest value of a row, never a delta. An error aborts
+    /// the batch.
+    fn flush(&mut self) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called after each commit: the outputs, state and offsets of everything handled so
+    /// far are durable (e.g. mark records "notified" in a table). Errors are the
+    /// processor's to log and retry.
+    fn committed(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 }
 
@@ -849,6 +870,18 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             return Ok(());
         }
         let started = Instant::now();
+        // Rows outside Kafka first: a committed offset never covers an unwritten row.
+        match self.processor.flush().await {
+            Ok(()) => {}
+            Err(ProcessError::Fatal(m)) => return Err(BatchError::Fatal(m)),
+            Err(e) => return Err(BatchError::Abort(format!("flushing: {e}"))),
+        }
+        if self.guarantee == Guarantee::AtLeastOnce {
+            // Outputs before the state that records them: if the changelog could land
+            // without the outputs, a restart would find the inputs handled and never
+            // produce them.
+            self.await_deliveries().await?;
+        }
         let mut offsets = TopicPartitionList::new();
         let mut changed = 0usize;
         let keys: Vec<(Arc<str>, i32)> = self
@@ -895,17 +928,7 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
                 self.consumer.context().note_committed(&tpl);
             }
             Guarantee::AtLeastOnce => {
-                for fut in std::mem::take(&mut self.deliveries) {
-                    match fut.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => {
-                            return Err(BatchError::Abort(format!("output not acknowledged: {e}")));
-                        }
-                        Err(_) => {
-                            return Err(BatchError::Fatal("producer dropped a delivery".into()));
-                        }
-                    }
-                }
+                self.await_deliveries().await?;
                 if offsets.count() > 0 {
                     // Asynchronous while running (the next commit supersedes a lost one);
                     // synchronous at shutdown, so that a drained instance's offsets are the
@@ -939,6 +962,21 @@ impl<P: StatefulProcessor> TaskLoop<'_, P> {
             .latency("commit")
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(partitions = keys.len(), changed, "batch committed");
+        self.processor.committed().await;
+        Ok(())
+    }
+
+    /// At least once: waits for every record sent so far to be acknowledged.
+    async fn await_deliveries(&mut self) -> Result<(), BatchError> {
+        for fut in std::mem::take(&mut self.deliveries) {
+            match fut.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(BatchError::Abort(format!("output not acknowledged: {e}")));
+                }
+                Err(_) => return Err(BatchError::Fatal("producer dropped a delivery".into())),
+            }
+        }
         Ok(())
     }
 
