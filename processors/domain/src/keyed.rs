@@ -1,6 +1,12 @@
-//! Keyed event-time windows for one input partition: assignment, lateness, closing.
+//! Keyed event-time windows: assignment, lateness, closing.
+//!
+//! * [`KeyWindows`]: the open windows of one key (a vehicle): what a state store keeps per
+//!   key, serializable.
+//! * [`EndIndex`]: which key has a window ending when, so that a watermark closes windows in
+//!   end order across keys without scanning every key.
+//! * [`KeyedWindows`]: both together, for the keys of one partition held in memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
@@ -30,11 +36,158 @@ pub struct Closed<K> {
     pub summary: Summary,
     /// Late readings (not aggregated anywhere) seen for this key while the window was open.
     pub late_records: u64,
-    /// The tag of the reading that opened the window (see [`KeyedWindows::add_tagged`]).
-    pub first_tag: i64,
 }
 
-/// The open windows of every key of one partition.
+/// The open windows of one key.
+///
+/// ```
+/// use fleet_domain::{KeyWindows, Outcome, Sample, Windows};
+/// let w = Windows::tumbling(60_000).unwrap();
+/// let s = |t| Sample { t, lat: 4.6, lon: -74.0, speed_kmh: Some(50.0), cargo_temp_c: None };
+/// let (mut kw, mut opened) = (KeyWindows::default(), Vec::new());
+/// assert_eq!(kw.add(&w, 3.0, s(1_000), None, &mut opened), Outcome::Added(1));
+/// assert_eq!(opened, [60_000], "the end of the window it opened");
+/// assert_eq!(kw.add(&w, 3.0, s(1_000), None, &mut opened), Outcome::Duplicate);
+/// let mut closed = Vec::new();
+/// kw.close_until(&"VEH-1", 60_000, &mut closed);
+/// assert_eq!(closed[0].summary.count, 1);
+/// assert!(kw.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyWindows {
+    open: Vec<(WindowBounds, WindowAggregate)>,
+    /// Late readings seen while these windows were open.
+    late: u64,
+}
+
+impl KeyWindows {
+    /// Adds `sample`; windows whose end is at or before `watermark` are closed and do not take
+    /// it. The end of every window it opens is pushed to `opened` (for an [`EndIndex`]).
+    pub fn add(
+        &mut self,
+        windows: &Windows,
+        moving_threshold_kmh: f64,
+        sample: Sample,
+        watermark: Option<i64>,
+        opened: &mut Vec<i64>,
+    ) -> Outcome {
+        let wm = watermark.unwrap_or(i64::MIN);
+        if windows.last_end(sample.t) <= wm {
+            if !self.open.is_empty() {
+                self.late += 1;
+            }
+            return Outcome::Late;
+        }
+        let (mut added, mut duplicate) = (0, false);
+        for w in windows.assign(sample.t) {
+            if w.end <= wm {
+                continue;
+            }
+            let idx = match self.open.iter().position(|(b, _)| *b == w) {
+                Some(i) => i,
+                None => {
+                    self.open
+                        .push((w, WindowAggregate::new(moving_threshold_kmh)));
+                    opened.push(w.end);
+                    self.open.len() - 1
+                }
+            };
+            match self.open[idx].1.add(sample) {
+                Added::Yes => added += 1,
+                Added::Duplicate => duplicate = true,
+            }
+        }
+        if added == 0 && duplicate {
+            Outcome::Duplicate
+        } else {
+            Outcome::Added(added)
+        }
+    }
+
+    /// Closes the windows whose end is at or before `watermark`, oldest end first, into `out`.
+    pub fn close_until<K: Clone>(&mut self, key: &K, watermark: i64, out: &mut Vec<Closed<K>>) {
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.open.len() {
+            if self.open[i].0.end <= watermark {
+                due.push(self.open.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|(b, _)| (b.end, b.start));
+        for (window, agg) in due {
+            if let Some(summary) = agg.summary() {
+                out.push(Closed {
+                    key: key.clone(),
+                    window,
+                    summary,
+                    late_records: self.late,
+                });
+            }
+        }
+        if self.open.is_empty() {
+            self.late = 0;
+        }
+    }
+
+    /// Whether no window is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// The ends of the open windows (to rebuild an [`EndIndex`]).
+    pub fn ends(&self) -> impl Iterator<Item = i64> + '_ {
+        self.open.iter().map(|(b, _)| b.end)
+    }
+}
+
+/// Which key has a window ending when.
+#[derive(Debug, Clone)]
+pub struct EndIndex<K: Ord> {
+    by_end: BTreeSet<(i64, K)>,
+}
+
+impl<K: Ord> Default for EndIndex<K> {
+    fn default() -> Self {
+        Self {
+            by_end: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> EndIndex<K> {
+    /// Notes that `key` has a window ending at `end`.
+    pub fn insert(&mut self, end: i64, key: K) {
+        self.by_end.insert((end, key));
+    }
+
+    /// The next (end, key) whose end is at or before `watermark`, removed from the index; its
+    /// key's windows up to that end are due ([`KeyWindows::close_until`] with that end).
+    pub fn pop_due(&mut self, watermark: i64) -> Option<(i64, K)> {
+        if self.by_end.first()?.0 > watermark {
+            return None;
+        }
+        self.by_end.pop_first()
+    }
+
+    /// The earliest end indexed.
+    pub fn first_end(&self) -> Option<i64> {
+        self.by_end.first().map(|(end, _)| *end)
+    }
+
+    /// Number of open windows indexed.
+    pub fn len(&self) -> usize {
+        self.by_end.len()
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.by_end.is_empty()
+    }
+}
+
+/// The open windows of every key of one partition, in memory.
 ///
 /// ```
 /// use fleet_domain::{KeyedWindows, Outcome, Sample, Windows};
@@ -51,11 +204,9 @@ pub struct Closed<K> {
 pub struct KeyedWindows<K: Eq + Hash + Ord + Clone> {
     windows: Windows,
     moving_threshold_kmh: f64,
-    open: HashMap<K, Vec<(WindowBounds, WindowAggregate, i64)>>,
-    by_end: BTreeSet<(i64, K, i64)>,
-    late: HashMap<K, u64>,
-    /// Multiset of the first tags of open windows.
-    tags: BTreeMap<i64, usize>,
+    open: HashMap<K, KeyWindows>,
+    index: EndIndex<K>,
+    opened: Vec<i64>,
 }
 
 impl<K: Eq + Hash + Ord + Clone> KeyedWindows<K> {
@@ -65,27 +216,14 @@ impl<K: Eq + Hash + Ord + Clone> KeyedWindows<K> {
             windows,
             moving_threshold_kmh,
             open: HashMap::new(),
-            by_end: BTreeSet::new(),
-            late: HashMap::new(),
-            tags: BTreeMap::new(),
+            index: EndIndex::default(),
+            opened: Vec::new(),
         }
-    }
-
-    /// The smallest first tag of the open windows: with Kafka offsets as tags, the offset from
-    /// which a replay rebuilds every open window.
-    pub fn oldest_tag(&self) -> Option<i64> {
-        self.tags.first_key_value().map(|(t, _)| *t)
     }
 
     /// Number of open windows.
     pub fn open_windows(&self) -> usize {
-        self.by_end.len()
-    }
-
-    /// The earliest event time (window start) still open, if any: offsets must not be
-    /// committed past the first record of this window unless the state is persisted.
-    pub fn oldest_open_start(&self) -> Option<i64> {
-        self.by_end.first().map(|(_, _, start)| *start)
+        self.index.len()
     }
 
     /// Adds a reading for `key`; windows whose end is at or before `watermark` are closed and
@@ -95,97 +233,34 @@ impl<K: Eq + Hash + Ord + Clone> KeyedWindows<K> {
         K: std::borrow::Borrow<Q>,
         Q: Eq + Hash + ?Sized + ToOwned<Owned = K>,
     {
-        self.add_tagged(key, sample, watermark, 0)
-    }
-
-    /// Like [`KeyedWindows::add`], remembering `tag` (e.g. the Kafka offset) for the windows
-    /// this reading opens. Tags must not decrease from one call to the next.
-    pub fn add_tagged<Q>(
-        &mut self,
-        key: &Q,
-        sample: Sample,
-        watermark: Option<i64>,
-        tag: i64,
-    ) -> Outcome
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + Hash + ?Sized + ToOwned<Owned = K>,
-    {
-        let wm = watermark.unwrap_or(i64::MIN);
-        if self.windows.last_end(sample.t) <= wm {
-            *self.late.entry(key.to_owned()).or_insert(0) += 1;
-            return Outcome::Late;
-        }
-        let mut added = 0;
-        let mut duplicate = false;
-        let list = match self.open.get_mut(key) {
-            Some(list) => list,
-            None => self
-                .open
-                .entry(key.to_owned())
-                .or_insert_with(|| Vec::with_capacity(2)),
-        };
-        for w in self.windows.assign(sample.t) {
-            if w.end <= wm {
-                continue;
-            }
-            let idx = match list.iter().position(|(b, _, _)| *b == w) {
-                Some(i) => i,
-                None => {
-                    list.push((w, WindowAggregate::new(self.moving_threshold_kmh), tag));
-                    self.by_end.insert((w.end, key.to_owned(), w.start));
-                    *self.tags.entry(tag).or_insert(0) += 1;
-                    list.len() - 1
+        self.opened.clear();
+        let (w, th) = (self.windows, self.moving_threshold_kmh);
+        let outcome = match self.open.get_mut(key) {
+            Some(kw) => kw.add(&w, th, sample, watermark, &mut self.opened),
+            None => {
+                let mut kw = KeyWindows::default();
+                let outcome = kw.add(&w, th, sample, watermark, &mut self.opened);
+                if !kw.is_empty() {
+                    self.open.insert(key.to_owned(), kw);
                 }
-            };
-            match list[idx].1.add(sample) {
-                Added::Yes => added += 1,
-                Added::Duplicate => duplicate = true,
+                outcome
             }
+        };
+        for end in self.opened.drain(..) {
+            self.index.insert(end, key.to_owned());
         }
-        if added == 0 && duplicate {
-            Outcome::Duplicate
-        } else {
-            Outcome::Added(added)
-        }
+        outcome
     }
 
     /// Closes every window whose end is at or before `watermark`, oldest end first.
     pub fn close_until(&mut self, watermark: i64) -> Vec<Closed<K>> {
         let mut out = Vec::new();
-        while let Some((end, _, _)) = self.by_end.first() {
-            if *end > watermark {
-                break;
-            }
-            let Some((end, key, start)) = self.by_end.pop_first() else {
-                break;
-            };
-            let bounds = WindowBounds { start, end };
-            let mut remove_key = false;
-            if let Some(list) = self.open.get_mut(&key) {
-                if let Some(i) = list.iter().position(|(b, _, _)| *b == bounds) {
-                    let (_, agg, tag) = list.swap_remove(i);
-                    if let Some(n) = self.tags.get_mut(&tag) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.tags.remove(&tag);
-                        }
-                    }
-                    if let Some(summary) = agg.summary() {
-                        out.push(Closed {
-                            late_records: self.late.get(&key).copied().unwrap_or(0),
-                            key: key.clone(),
-                            window: bounds,
-                            summary,
-                            first_tag: tag,
-                        });
-                    }
+        while let Some((end, key)) = self.index.pop_due(watermark) {
+            if let Some(kw) = self.open.get_mut(&key) {
+                kw.close_until(&key, end, &mut out);
+                if kw.is_empty() {
+                    self.open.remove(&key);
                 }
-                remove_key = list.is_empty();
-            }
-            if remove_key {
-                self.open.remove(&key);
-                self.late.remove(&key);
             }
         }
         out
@@ -213,7 +288,6 @@ mod tests {
         kw.add("a", s(100), None);
         kw.add("a", s(2100), None);
         assert_eq!(kw.open_windows(), 3);
-        assert_eq!(kw.oldest_open_start(), Some(0));
         let closed = kw.close_until(2000);
         let got: Vec<_> = closed
             .iter()
@@ -221,28 +295,9 @@ mod tests {
             .collect();
         assert_eq!(got, vec![("a", 0), ("b", 1000)]);
         assert_eq!(kw.open_windows(), 1);
-        assert_eq!(kw.oldest_open_start(), Some(2000));
         assert_eq!(kw.close_until(5000).len(), 1);
         assert_eq!(kw.open_windows(), 0);
         assert!(kw.open.is_empty(), "no state left for closed keys");
-    }
-
-    #[test]
-    fn oldest_tag_follows_the_open_windows() {
-        let mut kw = KeyedWindows::new(Windows::tumbling(1000).expect("valid"), 3.0);
-        assert_eq!(kw.oldest_tag(), None);
-        kw.add_tagged("a", s(100), None, 10);
-        kw.add_tagged("b", s(1100), None, 11);
-        kw.add_tagged("a", s(200), None, 12); // same window as tag 10
-        kw.add_tagged("c", s(150), None, 13);
-        assert_eq!(kw.oldest_tag(), Some(10));
-        let closed = kw.close_until(1000);
-        let mut tags: Vec<_> = closed.iter().map(|c| c.first_tag).collect();
-        tags.sort();
-        assert_eq!(tags, vec![10, 13]);
-        assert_eq!(kw.oldest_tag(), Some(11));
-        kw.close_until(2000);
-        assert_eq!(kw.oldest_tag(), None);
     }
 
     #[test]
@@ -258,5 +313,28 @@ mod tests {
         assert_eq!(closed[0].summary.count, 1, "[0,1000) has only t=700");
         assert_eq!(closed[1].summary.count, 2, "[500,1500) has 700 and 800");
         assert_eq!(closed[1].late_records, 1);
+    }
+
+    #[test]
+    fn a_late_reading_of_a_key_without_open_windows_leaves_no_state() {
+        let mut kw = KeyedWindows::new(Windows::tumbling(1000).expect("valid"), 3.0);
+        assert_eq!(kw.add("v", s(100), Some(5_000)), Outcome::Late);
+        assert!(kw.open.is_empty());
+        assert_eq!(kw.open_windows(), 0);
+    }
+
+    #[test]
+    fn key_windows_survive_serialization() {
+        let w = Windows::hopping(1000, 500).expect("valid");
+        let mut kw = KeyWindows::default();
+        let mut opened = Vec::new();
+        kw.add(&w, 3.0, s(700), None, &mut opened);
+        kw.add(&w, 3.0, s(800), None, &mut opened);
+        let back: KeyWindows =
+            serde_json::from_slice(&serde_json::to_vec(&kw).expect("json")).expect("decodes");
+        assert_eq!(back, kw);
+        let mut ends: Vec<i64> = back.ends().collect();
+        ends.sort_unstable();
+        assert_eq!(ends, [1000, 1500]);
     }
 }

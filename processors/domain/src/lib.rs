@@ -38,7 +38,7 @@ mod watermark;
 mod window;
 
 pub use aggregate::{Added, Sample, Summary, WindowAggregate};
-pub use keyed::{Closed, KeyedWindows, Outcome};
+pub use keyed::{Closed, EndIndex, KeyWindows, KeyedWindows, Outcome};
 pub use watermark::{Watermark, trusted_event_time};
 pub use window::{WindowBounds, Windows};
 

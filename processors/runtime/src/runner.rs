@@ -17,9 +17,8 @@
 //! ## Committed offsets follow the hold
 //! For every assigned partition the loop keeps `next`, the offset after its last finished
 //! input. The stored offset is `min(Processor::hold, next)`, and it is stored again whenever it
-//! can move: after each finished input (after [`Processor::on_durable`]), after each tick's
-//! outputs settle (after [`Processor::on_tick_durable`], where processors save snapshots and
-//! close windows of quiet partitions) and after the drain. librdkafka commits the stored
+//! can move: after each finished input, after each tick's outputs settle and after the
+//! drain. librdkafka commits the stored
 //! offsets every `auto.commit.interval.ms` (1 s), on revoke and at shutdown, so a drained
 //! processor's committed offsets reach the high watermarks within about two ticks plus one
 //! commit interval after its last output, and what operators' lag tools show is the truth.
@@ -90,8 +89,9 @@ pub struct Input<'a, T> {
     pub timestamp_ms: Option<i64>,
 }
 
-/// A processor's logic, called by the run loop. Keep it thin: domain decisions belong in the
-/// pure `fleet-domain` crate; this is where they meet Kafka.
+/// A stateless processor's logic, called by the at-least-once run loop. Keep it thin: domain
+/// decisions belong in the pure `fleet-domain` crate; this is where they meet Kafka. A
+/// processor with state implements [`crate::StatefulProcessor`] instead.
 pub trait Processor: Send {
     /// The record type of the input topics.
     type Input: Record;
@@ -113,47 +113,15 @@ pub trait Processor: Send {
     }
 
     /// The lowest offset of `partition` this processor still needs after a restart (for
-    /// example the first record of its oldest open window). The runtime never stores an offset
+    /// example the first notification of a lane still retrying its delivery). The runtime never stores an offset
     /// beyond it, so a restarted instance re-reads from there. `None`: no constraint.
     fn hold(&self, _topic: &str, _partition: i32) -> Option<i64> {
         None
     }
 
-    /// Called, in order, once every input of `partition` below `next_offset` has all its
-    /// outputs acknowledged; before the offset is stored. A processor can make derived
-    /// progress durable here. An error is logged and the offset stored as usual (bounded by
-    /// [`Processor::hold`]); a fatal error stops the loop.
-    fn on_durable(
-        &mut self,
-        _topic: &str,
-        _partition: i32,
-        _next_offset: i64,
-    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
-        async { Ok(()) }
-    }
-
-    /// Called, in order, once per successful [`Processor::on_tick`] call, when every output that tick
-    /// staged, and every output of every input consumed before it, is acknowledged. A processor
-    /// can make a snapshot taken at that tick durable here. Errors as in
-    /// [`Processor::on_durable`].
-    fn on_tick_durable(&mut self) -> impl Future<Output = Result<(), ProcessError>> + Send {
-        async { Ok(()) }
-    }
-
     /// Partitions taken away from this instance by a rebalance: forget their state (their
     /// new owner rebuilds it from the stored offsets).
     fn on_revoke(&mut self, _partitions: &[(String, i32)]) {}
-
-    /// Partitions given to this instance by a rebalance, before any of their records is
-    /// handed to [`Processor::process`]. A processor whose timers act on state of quiet
-    /// partitions loads that state here. An error is logged and the run goes on (the state
-    /// is then loaded with the partition's first record).
-    fn on_assign(
-        &mut self,
-        _partitions: &[(String, i32)],
-    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
-        async { Ok(()) }
-    }
 }
 
 /// What a run did, returned when it stops.
@@ -716,14 +684,7 @@ impl<P: Processor> Loop<'_, P> {
                 }
                 Event::Rebalanced(kafka::Rebalanced::Assigned(parts)) => {
                     self.load_positions(&parts);
-                    match self.processor.on_assign(&parts).await {
-                        Ok(()) => Ok(Step::Continue),
-                        Err(ProcessError::Fatal(e)) => Err(Error::Fatal(e)),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "on_assign failed; partition state loads with its first record");
-                            Ok(Step::Continue)
-                        }
-                    }
+                    Ok(Step::Continue)
                 }
                 Event::Settled(settled) => self.on_settled(settled).await,
                 Event::Tick => self.on_tick().await,
@@ -863,13 +824,6 @@ impl<P: Processor> Loop<'_, P> {
             Settled::Done(entry) => {
                 if let Some((topic, partition, offset)) = &entry.source {
                     let next = offset + 1;
-                    match self.processor.on_durable(topic, *partition, next).await {
-                        Ok(()) => {}
-                        Err(ProcessError::Fatal(m)) => return Err(Error::Fatal(m)),
-                        Err(e) => {
-                            tracing::warn!(error = %e, topic = &**topic, partition, "on_durable failed");
-                        }
-                    }
                     let metrics = &self.rt.metrics;
                     self.positions
                         .entry((topic.clone(), *partition))
@@ -897,13 +851,8 @@ impl<P: Processor> Loop<'_, P> {
                     }
                 }
                 if entry.source.is_none() {
-                    match self.processor.on_tick_durable().await {
-                        Ok(()) => {}
-                        Err(ProcessError::Fatal(m)) => return Err(Error::Fatal(m)),
-                        Err(e) => tracing::warn!(error = %e, "on_tick_durable failed"),
-                    }
-                    // The tick may have moved holds (snapshots saved, windows of quiet
-                    // partitions closed and durable): store where each partition now stands.
+                    // The tick may have moved holds (a lane's deliveries finished): store
+                    // where each partition now stands.
                     self.store_all();
                 }
                 self.rt.metrics.health.progress(now_ms());
@@ -954,8 +903,8 @@ impl<P: Processor> Loop<'_, P> {
             }
         }
         self.rt.metrics.health.set_failing(None, now);
-        // Always an entry, empty or not: its settling tells the processor that this tick and
-        // everything before it is durable (`on_tick_durable`).
+        // Always an entry, empty or not: its settling stores the positions the tick's holds
+        // allow.
         self.enqueue(None, false).await?;
         Ok(Step::Continue)
     }

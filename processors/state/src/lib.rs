@@ -272,45 +272,6 @@ pub trait StateStore: Send + Sync {
         now_ms: i64,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Records that every window of (`group`, `topic`, `partition`) ending at or before
-    /// `watermark` has been emitted durably (a processor's progress frontier). Only moves
-    /// forward: a lower value than the stored one is ignored.
-    fn save_frontier(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        watermark: i64,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// The frontier saved for (`group`, `topic`, `partition`), if any.
-    fn load_frontier(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> impl Future<Output = Result<Option<i64>>> + Send;
-
-    /// Saves a processor's state snapshot for (`group`, `topic`, `partition`) covering every
-    /// input below `next_offset`. Only moves forward: a snapshot with a lower `next_offset`
-    /// than the stored one is ignored (a stale owner after a rebalance cannot roll it back).
-    fn save_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        next_offset: i64,
-        state: &[u8],
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// The snapshot saved for (`group`, `topic`, `partition`): its `next_offset` and bytes.
-    fn load_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> impl Future<Output = Result<Option<(i64, Vec<u8>)>>> + Send;
-
     /// Windows of `vehicle_id` starting in `[from_ms, to_ms)`, oldest first, unexpired.
     fn windows(
         &self,
@@ -424,58 +385,6 @@ impl StateStore for Store {
         match self {
             Store::Sqlite(s) => s.put_windows(rows, now_ms).await,
             Store::Scylla(s) => s.put_windows(rows, now_ms).await,
-        }
-    }
-
-    async fn save_frontier(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        watermark: i64,
-    ) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => s.save_frontier(group, topic, partition, watermark).await,
-            Store::Scylla(s) => s.save_frontier(group, topic, partition, watermark).await,
-        }
-    }
-
-    async fn load_frontier(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
-        match self {
-            Store::Sqlite(s) => s.load_frontier(group, topic, partition).await,
-            Store::Scylla(s) => s.load_frontier(group, topic, partition).await,
-        }
-    }
-
-    async fn save_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        next_offset: i64,
-        state: &[u8],
-    ) -> Result<()> {
-        match self {
-            Store::Sqlite(s) => {
-                s.save_checkpoint(group, topic, partition, next_offset, state)
-                    .await
-            }
-            Store::Scylla(s) => {
-                s.save_checkpoint(group, topic, partition, next_offset, state)
-                    .await
-            }
-        }
-    }
-
-    async fn load_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<(i64, Vec<u8>)>> {
-        match self {
-            Store::Sqlite(s) => s.load_checkpoint(group, topic, partition).await,
-            Store::Scylla(s) => s.load_checkpoint(group, topic, partition).await,
         }
     }
 

@@ -193,10 +193,6 @@ pub struct ScyllaStore {
     next_states: PreparedStatement,
     insert_window: PreparedStatement,
     select_windows: PreparedStatement,
-    select_frontier: PreparedStatement,
-    select_checkpoint: PreparedStatement,
-    insert_checkpoint: PreparedStatement,
-    insert_frontier: PreparedStatement,
     insert_incident: PreparedStatement,
     select_incident: PreparedStatement,
     notify_incident: PreparedStatement,
@@ -290,14 +286,6 @@ impl ScyllaStore {
         ];
         let ddl = ddl.into_iter().chain([
             format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.frontiers (grp text, topic text, partition int, \
-                 watermark bigint, PRIMARY KEY ((grp, topic, partition)))"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.checkpoints (grp text, topic text, partition int, \
-                 next_offset bigint, state blob, PRIMARY KEY ((grp, topic, partition)))"
-            ),
-            format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.incidents (incident_id text PRIMARY KEY, \
                  vehicle_id text, kind text, severity text, status text, event_time bigint, \
                  recorded_at bigint, lat double, lon double, description text, notified_at bigint)"
@@ -348,30 +336,6 @@ impl ScyllaStore {
             .prepare(format!(
                 "SELECT {WINDOW_COLUMNS} FROM {ks}.vehicle_windows WHERE vehicle_id = ? AND day = ? \
                  AND window_start >= ? AND window_start < ?"
-            ))
-            .await
-            .map_err(be)?;
-        let select_frontier = session
-            .prepare(format!(
-                "SELECT watermark FROM {ks}.frontiers WHERE grp = ? AND topic = ? AND partition = ?"
-            ))
-            .await
-            .map_err(be)?;
-        let insert_frontier = session
-            .prepare(format!(
-                "INSERT INTO {ks}.frontiers (grp, topic, partition, watermark) VALUES (?, ?, ?, ?)"
-            ))
-            .await
-            .map_err(be)?;
-        let select_checkpoint = session
-            .prepare(format!(
-                "SELECT next_offset, state FROM {ks}.checkpoints WHERE grp = ? AND topic = ? AND partition = ?"
-            ))
-            .await
-            .map_err(be)?;
-        let insert_checkpoint = session
-            .prepare(format!(
-                "INSERT INTO {ks}.checkpoints (grp, topic, partition, next_offset, state) VALUES (?, ?, ?, ?, ?)"
             ))
             .await
             .map_err(be)?;
@@ -459,10 +423,6 @@ impl ScyllaStore {
             next_states,
             insert_window,
             select_windows,
-            select_frontier,
-            select_checkpoint,
-            insert_checkpoint,
-            insert_frontier,
             insert_incident,
             select_incident,
             notify_incident,
@@ -587,79 +547,6 @@ impl StateStore for ScyllaStore {
         });
         try_join_all(batches).await?;
         Ok(())
-    }
-
-    async fn save_frontier(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        watermark: i64,
-    ) -> Result<()> {
-        // Forward only: one writer per partition (its Kafka owner), so read-then-write is safe.
-        if let Some(stored) = self.load_frontier(group, topic, partition).await?
-            && stored >= watermark
-        {
-            return Ok(());
-        }
-        self.session
-            .execute_unpaged(&self.insert_frontier, (group, topic, partition, watermark))
-            .await
-            .map_err(be)?;
-        Ok(())
-    }
-
-    async fn load_frontier(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let result = self
-            .session
-            .execute_unpaged(&self.select_frontier, (group, topic, partition))
-            .await
-            .map_err(be)?
-            .into_rows_result()
-            .map_err(be)?;
-        let row: Option<(i64,)> = result.maybe_first_row().map_err(be)?;
-        Ok(row.map(|r| r.0))
-    }
-
-    async fn save_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        next_offset: i64,
-        state: &[u8],
-    ) -> Result<()> {
-        // Forward only: one writer per partition (its Kafka owner), so read-then-write is safe.
-        if let Some((stored, _)) = self.load_checkpoint(group, topic, partition).await?
-            && stored > next_offset
-        {
-            return Ok(());
-        }
-        self.session
-            .execute_unpaged(
-                &self.insert_checkpoint,
-                (group, topic, partition, next_offset, state),
-            )
-            .await
-            .map_err(be)?;
-        Ok(())
-    }
-
-    async fn load_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<(i64, Vec<u8>)>> {
-        let result = self
-            .session
-            .execute_unpaged(&self.select_checkpoint, (group, topic, partition))
-            .await
-            .map_err(be)?
-            .into_rows_result()
-            .map_err(be)?;
-        let row: Option<(i64, Vec<u8>)> = result.maybe_first_row().map_err(be)?;
-        Ok(row)
     }
 
     async fn windows(

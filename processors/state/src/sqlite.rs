@@ -42,21 +42,6 @@ CREATE TABLE IF NOT EXISTS vehicle_windows (
     expires_at       INTEGER NOT NULL,
     PRIMARY KEY (vehicle_id, day, window_start)
 );
-CREATE TABLE IF NOT EXISTS frontiers (
-    grp       TEXT NOT NULL,
-    topic     TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    watermark INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic, partition)
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    grp         TEXT NOT NULL,
-    topic       TEXT NOT NULL,
-    partition   INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
-    state       BLOB NOT NULL,
-    PRIMARY KEY (grp, topic, partition)
-);
 CREATE TABLE IF NOT EXISTS incidents (
     incident_id TEXT PRIMARY KEY,
     vehicle_id  TEXT NOT NULL,
@@ -330,85 +315,6 @@ impl StateStore for SqliteStore {
             tx.commit()?;
             inner.maybe_purge(now_ms)?;
             Ok(())
-        })
-        .await
-    }
-
-    async fn save_frontier(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        watermark: i64,
-    ) -> Result<()> {
-        let (g, t) = (group.to_owned(), topic.to_owned());
-        self.with(move |inner| {
-            inner.conn.execute(
-                "INSERT INTO frontiers (grp, topic, partition, watermark) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(grp, topic, partition)
-                 DO UPDATE SET watermark = max(watermark, excluded.watermark)",
-                params![g, t, partition, watermark],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn load_frontier(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let (g, t) = (group.to_owned(), topic.to_owned());
-        self.with(move |inner| {
-            Ok(inner
-                .conn
-                .query_row(
-                    "SELECT watermark FROM frontiers WHERE grp = ?1 AND topic = ?2 AND partition = ?3",
-                    params![g, t, partition],
-                    |r| r.get(0),
-                )
-                .optional()?)
-        })
-        .await
-    }
-
-    async fn save_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        next_offset: i64,
-        state: &[u8],
-    ) -> Result<()> {
-        let (g, t, b) = (group.to_owned(), topic.to_owned(), state.to_vec());
-        self.with(move |inner| {
-            inner.conn.execute(
-                "INSERT INTO checkpoints (grp, topic, partition, next_offset, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(grp, topic, partition) DO UPDATE
-                 SET next_offset = excluded.next_offset, state = excluded.state
-                 WHERE excluded.next_offset >= checkpoints.next_offset",
-                params![g, t, partition, next_offset, b],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn load_checkpoint(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<(i64, Vec<u8>)>> {
-        let (g, t) = (group.to_owned(), topic.to_owned());
-        self.with(move |inner| {
-            Ok(inner
-                .conn
-                .query_row(
-                    "SELECT next_offset, state FROM checkpoints
-                     WHERE grp = ?1 AND topic = ?2 AND partition = ?3",
-                    params![g, t, partition],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?)
         })
         .await
     }

@@ -261,90 +261,6 @@ fn fleet_now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn checkpoints_round_trip_and_only_move_forward(store: &impl StateStore) {
-    assert_eq!(
-        store.load_checkpoint("g", "t", 1).await.expect("read"),
-        None
-    );
-    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    store
-        .save_checkpoint("g", "t", 1, 100, &big)
-        .await
-        .expect("write");
-    assert_eq!(
-        store.load_checkpoint("g", "t", 1).await.expect("read"),
-        Some((100, big.clone()))
-    );
-    store
-        .save_checkpoint("g", "t", 1, 50, b"stale")
-        .await
-        .expect("older ignored");
-    assert_eq!(
-        store
-            .load_checkpoint("g", "t", 1)
-            .await
-            .expect("read")
-            .map(|c| c.0),
-        Some(100)
-    );
-    store
-        .save_checkpoint("g", "t", 1, 150, b"newer")
-        .await
-        .expect("write");
-    store
-        .save_checkpoint("g", "t", 2, 7, b"")
-        .await
-        .expect("other partition");
-    assert_eq!(
-        store.load_checkpoint("g", "t", 1).await.expect("read"),
-        Some((150, b"newer".to_vec()))
-    );
-    assert_eq!(
-        store.load_checkpoint("g", "t", 2).await.expect("read"),
-        Some((7, vec![]))
-    );
-    assert_eq!(
-        store.load_checkpoint("h", "t", 1).await.expect("read"),
-        None
-    );
-}
-
-async fn frontiers_only_move_forward(store: &impl StateStore) {
-    assert_eq!(store.load_frontier("g", "t", 3).await.expect("read"), None);
-    store
-        .save_frontier("g", "t", 3, 120_000)
-        .await
-        .expect("write");
-    store
-        .save_frontier("g", "t", 3, 60_000)
-        .await
-        .expect("older ignored");
-    store
-        .save_frontier("g", "t", 4, 5)
-        .await
-        .expect("other partition");
-    assert_eq!(
-        store.load_frontier("g", "t", 3).await.expect("read"),
-        Some(120_000)
-    );
-    assert_eq!(
-        store.load_frontier("g", "t", 4).await.expect("read"),
-        Some(5)
-    );
-    assert_eq!(
-        store.load_frontier("other", "t", 3).await.expect("read"),
-        None
-    );
-    store
-        .save_frontier("g", "t", 3, 180_000)
-        .await
-        .expect("forward");
-    assert_eq!(
-        store.load_frontier("g", "t", 3).await.expect("read"),
-        Some(180_000)
-    );
-}
-
 fn incident(id: &str, vehicle: &str, t: i64) -> Incident {
     Incident {
         incident_id: id.to_owned(),
@@ -536,8 +452,6 @@ async fn suite(store: &impl StateStore, backend: Backend) {
     deliveries_are_replaced_and_listed_per_vehicle(store).await;
     every_vehicle_is_listed_page_by_page(store).await;
     incidents_are_recorded_once_and_listed_per_vehicle(store).await;
-    frontiers_only_move_forward(store).await;
-    checkpoints_round_trip_and_only_move_forward(store).await;
     newest_event_wins(store, backend).await;
     windows_are_idempotent_and_range_queried(store).await;
     if let Backend::Sqlite = backend {

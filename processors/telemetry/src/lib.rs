@@ -9,34 +9,38 @@
 //! * emits every closed window as a [`WindowAggregate`] to `fleet.telemetry-windows` and to the
 //!   `vehicle_windows` table; readings later than the lateness go to the DLQ with reason `late`.
 //!
-//! ## Delivery guarantee: a crash loses no window and double-counts nothing
-//! * Open windows live in memory. The offset committed for a partition never passes the first
-//!   record of its oldest open window ([`Processor::hold`]), nor a record whose state update is
-//!   not yet written, nor the first record of a closed window whose emission is not yet durable
-//!   (or that a failed store write left unemitted: it is emitted again on the retry).
-//!   A restart therefore re-reads every record of every window that was not durably emitted and
-//!   rebuilds those windows completely.
-//! * Once the outputs of the input that closed some windows are acknowledged
-//!   ([`Processor::on_durable`]), the partition's *frontier* (the watermark at that close) is
-//!   saved in the state store. After a restart, re-read records whose every window ends at or
-//!   before the frontier belong to windows already emitted and are skipped, so no partial copy
-//!   of an emitted window is ever produced.
-//! * Windows are identified by a deterministic `event_id` (vehicle + bounds) and are written
-//!   with idempotent upserts: a window re-emitted after a crash is identical to the first copy.
-//! * A replayed reading already in an open window (same vehicle and event time) is ignored.
+//! ## Delivery guarantee
+//! The processor runs on the state runtime ([`fleet_runtime::task`]). A partition's state
+//! holds each vehicle's open windows ([`Slot::Vehicle`]: the window aggregates, checkpointed
+//! by key when they change) and the partition's own clock ([`Slot::Partition`]: its
+//! watermark). The runtime checkpoints them with the input offsets they cover and restores
+//! them when the partition is assigned, so a restart resumes the open windows where they
+//! were, without re-reading their records.
+//! * `runner.processing_guarantee = "exactly_once"`: closed windows, window state and offsets
+//!   commit in one Kafka transaction; a `read_committed` reader of `fleet.telemetry-windows`
+//!   sees each window once, complete.
+//! * `at_least_once` (the default): a crash repeats the windows closed since the last commit,
+//!   identical (a window's `event_id` is derived from vehicle and bounds, and its contents
+//!   from the same readings).
 //!
-//! Limit: a reading that arrives after a restart and is late relative to the saved frontier
-//! is skipped as a replay rather than dead-lettered; it is still in the raw topic (and the lake).
+//! The `vehicle_state` and `vehicle_windows` rows are written before each commit
+//! (idempotent upserts; an older event never overwrites a newer vehicle state). A replayed
+//! reading already in an open window (same vehicle and event time) is ignored. The time the
+//! process was down is not idleness: a restored watermark restarts its idle clock, so the
+//! backlog's readings are not made late by it.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_domain::{Closed, KeyedWindows, Outcome, Sample, Watermark, Windows, trusted_event_time};
+use fleet_domain::{
+    Closed, EndIndex, KeyWindows, Outcome, Sample, Watermark, Windows, trusted_event_time,
+};
 use fleet_runtime::metrics::now_ms;
-use fleet_runtime::{Input, Outputs, ProcessError, Processor};
+use fleet_runtime::{Input, Outputs, ProcessError, State, StatefulProcessor};
 use fleet_schemas::{Encoder, Position, TelemetryReading, WindowAggregate, ids};
 use fleet_state::{StateStore, VehicleState, WindowRow};
+use serde::{Deserialize, Serialize};
 
 fleet_runtime::config_section! {
     /// telemetry-processor settings.
@@ -84,30 +88,34 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// One input partition's state.
-#[derive(Debug)]
-struct Part {
-    windows: KeyedWindows<String>,
+/// The key of a partition's own entry in its state. Vehicle ids never start with NUL (such
+/// readings are refused), so it cannot collide with one.
+pub const PARTITION_KEY: &str = "\u{0}partition";
+
+/// One entry of a partition's state: a vehicle's open windows, or (under [`PARTITION_KEY`])
+/// the partition's clock.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Slot {
+    /// The open windows of one vehicle.
+    Vehicle(KeyWindows),
+    /// The partition's own state.
+    Partition(PartitionClock),
+}
+
+/// A partition's watermark, and (rebuilt in each life, not checkpointed) the index of its
+/// vehicles' window ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionClock {
     watermark: Watermark,
-    /// Saved frontier: every window ending at or before it was emitted durably.
-    frontier: Option<i64>,
-    /// Closed windows not yet covered by the saved frontier: (first offset, end).
-    closed_pending: BTreeSet<(i64, i64)>,
-    /// Closes by inputs awaiting durability: (the input's offset, watermark at the close).
-    closes: VecDeque<(i64, i64)>,
-    /// Offset of the last input seen.
-    last_offset: i64,
-    /// Smallest offset whose vehicle state is buffered, not yet written.
-    unflushed: Option<i64>,
-    /// Windows closed but not yet handed to the outputs and the store.
-    unemitted: Vec<Closed<String>>,
+    /// `None` in a state restored by this process until its first use, which rebuilds it
+    /// from the vehicles' windows and restarts the watermark's idle clock.
+    #[serde(skip)]
+    index: Option<EndIndex<String>>,
 }
 
 /// The processor.
 #[derive(Debug)]
 pub struct Telemetry<S> {
-    group: String,
-    input_topic: String,
     windows_topic: Arc<str>,
     encoder: Encoder<WindowAggregate>,
     store: S,
@@ -117,31 +125,24 @@ pub struct Telemetry<S> {
     max_skew_ms: i64,
     moving_threshold_kmh: f64,
     max_buffered: usize,
-    parts: HashMap<i32, Part>,
+    /// Latest state per vehicle since the last write.
     states: HashMap<String, VehicleState>,
-    /// Closes made by each successful tick, in order: (partition, watermark at the close);
-    /// durable when [`Processor::on_tick_durable`] pops them.
-    tick_closes: VecDeque<Vec<(i32, i64)>>,
-    /// Durable closes whose frontier could not be saved yet (store error): retried next tick.
-    unsaved_closes: Vec<(i32, i64)>,
-    /// Replayed readings skipped because their windows were already emitted.
-    pub skipped_replays: u64,
+    /// Closed windows' rows since the last write.
+    rows: Vec<WindowRow>,
+    opened: Vec<i64>,
+    closed: Vec<Closed<String>>,
 }
 
 impl<S: StateStore> Telemetry<S> {
-    /// A processor writing windows with `encoder` and state to `store`; `group` names the
-    /// consumer group (the frontiers are kept per group).
+    /// A processor writing windows with `encoder` and rows to `store`.
     pub fn new(
         config: &TelemetryConfig,
-        group: &str,
         encoder: Encoder<WindowAggregate>,
         store: S,
     ) -> Result<Self, fleet_runtime::Error> {
         let windows = Windows::hopping(ms(config.window_size), ms(config.window_slide))
             .map_err(|e| fleet_runtime::Error::Config(e.to_string()))?;
         Ok(Self {
-            group: group.to_owned(),
-            input_topic: config.input_topic.clone(),
             windows_topic: Arc::from(config.windows_topic.as_str()),
             encoder,
             store,
@@ -151,121 +152,106 @@ impl<S: StateStore> Telemetry<S> {
             max_skew_ms: ms(config.max_clock_skew),
             moving_threshold_kmh: config.moving_threshold_kmh,
             max_buffered: config.max_buffered_states.max(1),
-            parts: HashMap::new(),
             states: HashMap::new(),
-            tick_closes: VecDeque::new(),
-            unsaved_closes: Vec::new(),
-            skipped_replays: 0,
+            rows: Vec::new(),
+            opened: Vec::new(),
+            closed: Vec::new(),
         })
     }
 
-    async fn part(&mut self, partition: i32) -> Result<&mut Part, ProcessError> {
-        if !self.parts.contains_key(&partition) {
-            let frontier = self
-                .store
-                .load_frontier(&self.group, &self.input_topic, partition)
-                .await
-                .map_err(|e| ProcessError::Transient(e.to_string()))?;
-            self.parts.insert(
-                partition,
-                Part {
-                    windows: KeyedWindows::new(self.windows, self.moving_threshold_kmh),
-                    watermark: Watermark::new(self.lateness_ms, self.idle_ms),
-                    frontier,
-                    closed_pending: BTreeSet::new(),
-                    closes: VecDeque::new(),
-                    last_offset: -1,
-                    unflushed: None,
-                    unemitted: Vec::new(),
-                },
-            );
+    /// The partition's clock, created on first use; in a restored state, its index rebuilt
+    /// and its idle clock restarted (the time nobody consumed is not idleness).
+    fn clock<'s>(
+        &self,
+        state: &'s mut State<Slot>,
+        now: i64,
+    ) -> Result<&'s mut PartitionClock, ProcessError> {
+        let restored = match state.get(PARTITION_KEY) {
+            Some(Slot::Partition(c)) => c.index.is_none(),
+            Some(Slot::Vehicle(_)) => {
+                return Err(ProcessError::Fatal(
+                    "the partition key of the telemetry state holds a vehicle".into(),
+                ));
+            }
+            None => {
+                state.insert(
+                    PARTITION_KEY,
+                    Slot::Partition(PartitionClock {
+                        watermark: Watermark::new(self.lateness_ms, self.idle_ms),
+                        index: Some(EndIndex::default()),
+                    }),
+                );
+                false
+            }
+        };
+        if restored {
+            let mut index = EndIndex::default();
+            for (k, slot) in state.iter() {
+                if let Slot::Vehicle(w) = slot {
+                    for end in w.ends() {
+                        index.insert(end, k.to_owned());
+                    }
+                }
+            }
+            if let Some(Slot::Partition(c)) = state.get_mut(PARTITION_KEY) {
+                c.watermark.observe(i64::MIN, now);
+                c.index = Some(index);
+            }
         }
-        self.parts
-            .get_mut(&partition)
-            .ok_or_else(|| ProcessError::Fatal("partition state vanished".into()))
+        match state.get_mut(PARTITION_KEY) {
+            Some(Slot::Partition(c)) => Ok(c),
+            _ => Err(ProcessError::Fatal("the partition clock vanished".into())),
+        }
     }
 
-    /// Writes the buffered vehicle states.
-    async fn flush_states(&mut self, now: i64) -> Result<(), ProcessError> {
-        if self.states.is_empty() {
-            return Ok(());
-        }
-        let batch: Vec<VehicleState> = self.states.drain().map(|(_, v)| v).collect();
-        if let Err(e) = self.store.upsert_vehicle_states(&batch, now).await {
-            // Keep the batch for the retry: a state dropped here would never be written if
-            // its vehicle goes quiet (nothing newer can have arrived during this call).
-            for s in batch {
-                self.states.entry(s.vehicle_id.clone()).or_insert(s);
+    /// Closes the windows of `state` that end at or before `wm` into `self.closed`.
+    fn close_until(&mut self, state: &mut State<Slot>, wm: i64) {
+        loop {
+            let due = match state.get_mut(PARTITION_KEY) {
+                Some(Slot::Partition(c)) => c.index.as_mut().and_then(|i| i.pop_due(wm)),
+                _ => None,
+            };
+            let Some((end, vehicle)) = due else { break };
+            let empty = match state.get_mut(&vehicle) {
+                Some(Slot::Vehicle(w)) => {
+                    w.close_until(&vehicle, end, &mut self.closed);
+                    w.is_empty()
+                }
+                _ => false,
+            };
+            if empty {
+                state.remove(&vehicle);
             }
-            return Err(ProcessError::Transient(e.to_string()));
         }
-        for p in self.parts.values_mut() {
-            p.unflushed = None;
+    }
+
+    /// Stages the closed windows as outputs and rows.
+    fn emit(&mut self, out: &mut Outputs, now: i64) -> Result<(), ProcessError> {
+        for c in self.closed.drain(..) {
+            let record = to_record(&c, now);
+            out.push(&self.windows_topic, &self.encoder, &record)?;
+            self.rows.push(to_row(&record));
         }
         Ok(())
     }
 
-    /// Emits the closed, not yet emitted windows of `partitions` ((partition, watermark of the
-    /// close)) to `out` and the store, and returns the (partition, watermark) closes the caller
-    /// must make durable. Only when the store write succeeded are the windows handed over to
-    /// the frontier bookkeeping; on a failure they stay in `unemitted` and the caller's retry
-    /// emits them again, so a window is never dropped between closing and emission.
-    async fn emit(
-        &mut self,
-        partitions: &[(i32, i64)],
-        out: &mut Outputs,
-        now: i64,
-    ) -> Result<Vec<(i32, i64)>, ProcessError> {
-        let mut rows = Vec::new();
-        for (p, _) in partitions {
-            let Some(part) = self.parts.get(p) else {
-                continue;
-            };
-            for c in &part.unemitted {
-                let record = to_record(c, now);
-                out.push(&self.windows_topic, &self.encoder, &record)?;
-                rows.push(to_row(&record));
-            }
+    /// Writes the buffered window rows and vehicle states (kept for the retry on a failure:
+    /// a state dropped here would never be written if its vehicle goes quiet).
+    async fn write_rows(&mut self, now: i64) -> Result<(), ProcessError> {
+        if !self.rows.is_empty() {
+            self.store
+                .put_windows(&self.rows, now)
+                .await
+                .map_err(|e| ProcessError::Transient(format!("writing windows: {e}")))?;
+            self.rows.clear();
         }
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.store
-            .put_windows(&rows, now)
-            .await
-            .map_err(|e| ProcessError::Transient(e.to_string()))?;
-        let mut closes = Vec::with_capacity(partitions.len());
-        for (p, watermark) in partitions {
-            let Some(part) = self.parts.get_mut(p) else {
-                continue;
-            };
-            if part.unemitted.is_empty() {
-                continue;
-            }
-            for c in part.unemitted.drain(..) {
-                part.closed_pending.insert((c.first_tag, c.window.end));
-            }
-            closes.push((*p, *watermark));
-        }
-        Ok(closes)
-    }
-
-    /// Saves `frontier` for `partition` (once the outputs of the closes up to it are durable)
-    /// and forgets the closed windows it covers, releasing their hold.
-    async fn advance_frontier(&mut self, partition: i32, f: i64) -> Result<(), ProcessError> {
-        let Some(part) = self.parts.get(&partition) else {
-            return Ok(());
-        };
-        if part.frontier.is_some_and(|old| old >= f) {
-            return Ok(());
-        }
-        self.store
-            .save_frontier(&self.group, &self.input_topic, partition, f)
-            .await
-            .map_err(|e| ProcessError::Transient(e.to_string()))?;
-        if let Some(part) = self.parts.get_mut(&partition) {
-            part.frontier = Some(f);
-            part.closed_pending.retain(|(_, end)| *end > f);
+        if !self.states.is_empty() {
+            let batch: Vec<VehicleState> = self.states.values().cloned().collect();
+            self.store
+                .upsert_vehicle_states(&batch, now)
+                .await
+                .map_err(|e| ProcessError::Transient(format!("writing vehicle_state: {e}")))?;
+            self.states.clear();
         }
         Ok(())
     }
@@ -319,34 +305,31 @@ fn to_row(w: &WindowAggregate) -> WindowRow {
     }
 }
 
-impl<S: StateStore> Processor for Telemetry<S> {
+impl<S: StateStore> StatefulProcessor for Telemetry<S> {
     type Input = TelemetryReading;
+    type State = Slot;
 
     async fn process(
         &mut self,
         input: &Input<'_, TelemetryReading>,
+        state: &mut State<Slot>,
         out: &mut Outputs,
     ) -> Result<(), ProcessError> {
         let r = &input.record;
         r.position
             .check()
             .map_err(|why| ProcessError::poison("invalid_position", why))?;
-        let now = now_ms();
-        let windows = self.windows;
-        let offset = input.offset;
-        let trusted = trusted_event_time(r.event_time, r.ingest_time, self.max_skew_ms);
-        let part = self.part(input.partition).await?;
-        part.last_offset = offset;
-        // A re-read record whose windows were all emitted before a restart: skip it.
-        if part
-            .frontier
-            .is_some_and(|f| windows.last_end(r.event_time) <= f)
-        {
-            self.skipped_replays += 1;
-            return Ok(());
+        if r.vehicle_id.is_empty() || r.vehicle_id.starts_with('\0') {
+            return Err(ProcessError::poison(
+                "invalid_vehicle_id",
+                format!("vehicle id {:?} is empty or starts with NUL", r.vehicle_id),
+            ));
         }
-        part.watermark.observe(trusted, now);
-        let wm = part.watermark.current(now);
+        let now = now_ms();
+        let trusted = trusted_event_time(r.event_time, r.ingest_time, self.max_skew_ms);
+        let clock = self.clock(state, now)?;
+        clock.watermark.observe(trusted, now);
+        let wm = clock.watermark.current(now);
         let sample = Sample {
             t: r.event_time,
             lat: r.position.lat,
@@ -354,9 +337,32 @@ impl<S: StateStore> Processor for Telemetry<S> {
             speed_kmh: r.speed_kmh,
             cargo_temp_c: r.cargo_temp_c,
         };
-        let outcome = part
-            .windows
-            .add_tagged(r.vehicle_id.as_str(), sample, wm, offset);
+        self.opened.clear();
+        let (windows, th) = (self.windows, self.moving_threshold_kmh);
+        let outcome = match state.get_mut(&r.vehicle_id) {
+            Some(Slot::Vehicle(w)) => w.add(&windows, th, sample, wm, &mut self.opened),
+            Some(Slot::Partition(_)) => {
+                return Err(ProcessError::Fatal(
+                    "a vehicle id names the partition entry".into(),
+                ));
+            }
+            None => {
+                let mut w = KeyWindows::default();
+                let outcome = w.add(&windows, th, sample, wm, &mut self.opened);
+                if !w.is_empty() {
+                    state.insert(&r.vehicle_id, Slot::Vehicle(w));
+                }
+                outcome
+            }
+        };
+        if !self.opened.is_empty()
+            && let Some(Slot::Partition(c)) = state.get_mut(PARTITION_KEY)
+            && let Some(index) = c.index.as_mut()
+        {
+            for end in self.opened.drain(..) {
+                index.insert(end, r.vehicle_id.clone());
+            }
+        }
         if outcome == Outcome::Late {
             return Err(ProcessError::poison(
                 "late",
@@ -367,7 +373,6 @@ impl<S: StateStore> Processor for Telemetry<S> {
             ));
         }
         // Latest state per vehicle, written in batches.
-        part.unflushed.get_or_insert(offset);
         let newer = self
             .states
             .get(&r.vehicle_id)
@@ -389,109 +394,50 @@ impl<S: StateStore> Processor for Telemetry<S> {
                 },
             );
         }
-        // State writes first: emission must be the last fallible step, so that a retry after a
-        // failure here cannot discard window outputs whose closing was already recorded.
-        if self.states.len() >= self.max_buffered {
-            self.flush_states(now).await?;
-        }
         if let Some(wm) = wm {
-            let part = self.part(input.partition).await?;
-            let closed = part.windows.close_until(wm);
-            part.unemitted.extend(closed);
-            let closes = self.emit(&[(input.partition, wm)], out, now).await?;
-            if let Some(part) = self.parts.get_mut(&input.partition) {
-                // This input's outputs carry the close: durable with it (`on_durable`).
-                part.closes
-                    .extend(closes.into_iter().map(|(_, wm)| (offset, wm)));
-            }
+            self.close_until(state, wm);
+            self.emit(out, now)?;
+        }
+        if self.states.len() >= self.max_buffered {
+            self.write_rows(now).await?;
         }
         Ok(())
     }
 
-    async fn on_tick(&mut self, now_ms: i64, out: &mut Outputs) -> Result<(), ProcessError> {
-        self.flush_states(now_ms).await?;
-        // Idle partitions: their watermark follows processing time, closing the last windows.
-        let mut due = Vec::with_capacity(self.parts.len());
-        for (p, part) in self.parts.iter_mut() {
-            let Some(wm) = part.watermark.current(now_ms) else {
-                continue;
-            };
-            let closed = part.windows.close_until(wm);
-            part.unemitted.extend(closed);
-            due.push((*p, wm));
-        }
-        // Durable with this tick's entry (`on_tick_durable`), also when no input follows:
-        // a quiet partition's last windows release their hold, so its offset can be committed.
-        let closes = self.emit(&due, out, now_ms).await?;
-        self.tick_closes.push_back(closes);
-        Ok(())
-    }
-
-    async fn on_tick_durable(&mut self) -> Result<(), ProcessError> {
-        let Some(mut closes) = self.tick_closes.pop_front() else {
-            return Ok(());
-        };
-        // Closes whose frontier failed to save at an earlier tick are durable all the same.
-        closes.append(&mut self.unsaved_closes);
-        let mut result = Ok(());
-        for (p, wm) in closes {
-            if let Err(e) = self.advance_frontier(p, wm).await {
-                // Saved at the next tick; the partition's hold stays until then.
-                self.unsaved_closes.push((p, wm));
-                result = Err(e);
-            }
-        }
-        result
-    }
-
-    fn hold(&self, topic: &str, partition: i32) -> Option<i64> {
-        if topic != self.input_topic {
-            return None;
-        }
-        let part = self.parts.get(&partition)?;
-        [
-            part.windows.oldest_tag(),
-            part.unemitted.iter().map(|c| c.first_tag).min(),
-            part.closed_pending.first().map(|(tag, _)| *tag),
-            part.unflushed,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    async fn on_durable(
+    /// Idle partitions: their watermark follows processing time, closing the last windows.
+    async fn on_tick(
         &mut self,
-        topic: &str,
-        partition: i32,
-        next_offset: i64,
+        now: i64,
+        _topic: &str,
+        _partition: i32,
+        state: &mut State<Slot>,
+        out: &mut Outputs,
     ) -> Result<(), ProcessError> {
-        if topic != self.input_topic {
+        if state.is_empty() {
             return Ok(());
         }
-        let Some(part) = self.parts.get_mut(&partition) else {
+        let clock = self.clock(state, now)?;
+        // Advanced on a copy: written back only when it closes windows, so an idle
+        // partition's tick changes nothing that needs a checkpoint.
+        let mut advanced = clock.watermark.clone();
+        let Some(wm) = advanced.current(now) else {
             return Ok(());
         };
-        let mut frontier = None;
-        while let Some(&(carrier, wm)) = part.closes.front() {
-            if carrier >= next_offset {
-                break;
-            }
-            part.closes.pop_front();
-            frontier = Some(frontier.map_or(wm, |f: i64| f.max(wm)));
+        let due = clock
+            .index
+            .as_ref()
+            .and_then(|i| i.first_end())
+            .is_some_and(|end| end <= wm);
+        if !due {
+            return Ok(());
         }
-        let Some(f) = frontier else {
-            return Ok(());
-        };
-        self.advance_frontier(partition, f).await
+        clock.watermark = advanced;
+        self.close_until(state, wm);
+        self.emit(out, now)
     }
 
-    fn on_revoke(&mut self, partitions: &[(String, i32)]) {
-        for (topic, p) in partitions {
-            if *topic == self.input_topic {
-                self.parts.remove(p);
-            }
-        }
+    async fn flush(&mut self) -> Result<(), ProcessError> {
+        self.write_rows(now_ms()).await
     }
 }
 
@@ -500,12 +446,14 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use fleet_runtime::harness::Harness;
     use fleet_schemas::Decoder;
     use fleet_state::{Result as StateResult, Store, StoreOptions};
 
     use super::*;
 
     /// The real SQLite store, with `put_windows` failing a chosen number of times.
+    #[derive(Clone)]
     struct Flaky {
         inner: Store,
         failures_left: Arc<AtomicUsize>,
@@ -548,30 +496,6 @@ mod tests {
                 return Err(fleet_state::Error::Backend("injected failure".into()));
             }
             self.inner.put_windows(rows, now).await
-        }
-        async fn save_frontier(&self, g: &str, t: &str, p: i32, wm: i64) -> StateResult<()> {
-            self.inner.save_frontier(g, t, p, wm).await
-        }
-        async fn load_frontier(&self, g: &str, t: &str, p: i32) -> StateResult<Option<i64>> {
-            self.inner.load_frontier(g, t, p).await
-        }
-        async fn save_checkpoint(
-            &self,
-            g: &str,
-            t: &str,
-            p: i32,
-            next: i64,
-            state: &[u8],
-        ) -> StateResult<()> {
-            self.inner.save_checkpoint(g, t, p, next, state).await
-        }
-        async fn load_checkpoint(
-            &self,
-            g: &str,
-            t: &str,
-            p: i32,
-        ) -> StateResult<Option<(i64, Vec<u8>)>> {
-            self.inner.load_checkpoint(g, t, p).await
         }
         async fn windows(&self, v: &str, f: i64, t: i64, now: i64) -> StateResult<Vec<WindowRow>> {
             self.inner.windows(v, f, t, now).await
@@ -643,12 +567,21 @@ mod tests {
         }
     }
 
-    async fn feed(
-        p: &mut Telemetry<Flaky>,
-        offset: i64,
-        r: TelemetryReading,
-        out: &mut Outputs,
-    ) -> Result<(), ProcessError> {
+    type P = Harness<Telemetry<Flaky>>;
+
+    fn config() -> TelemetryConfig {
+        TelemetryConfig {
+            input_topic: "in".into(),
+            windows_topic: "windows".into(),
+            ..Default::default()
+        }
+    }
+
+    fn processor(config: &TelemetryConfig, store: Flaky) -> Telemetry<Flaky> {
+        Telemetry::new(config, Encoder::with_schema_id(7), store).expect("processor")
+    }
+
+    async fn feed(p: &mut P, offset: i64, r: TelemetryReading) -> Result<Outputs, ProcessError> {
         let input = Input {
             record: r,
             topic: "in",
@@ -657,7 +590,19 @@ mod tests {
             key: None,
             timestamp_ms: None,
         };
-        p.process(&input, out).await
+        p.process(&input).await
+    }
+
+    async fn decode(out: &Outputs) -> Vec<WindowAggregate> {
+        let dec = Decoder::<WindowAggregate>::offline(&[7]);
+        let mut v = Vec::new();
+        for (topic, key, payload) in out.iter() {
+            let w = dec.decode(payload).await.expect("window");
+            assert_eq!(topic, "windows");
+            assert_eq!(key, w.vehicle_id.as_bytes(), "keyed by vehicle");
+            v.push(w);
+        }
+        v
     }
 
     /// A failed `vehicle_state` write keeps its batch: the retry writes it (it used to be
@@ -667,31 +612,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut store = flaky(&dir, 0).await;
         store.state_failures_left = Arc::new(AtomicUsize::new(1));
-        let config = TelemetryConfig {
-            input_topic: "in".into(),
-            windows_topic: "windows".into(),
-            ..Default::default()
-        };
-        let mut p =
-            Telemetry::new(&config, "g", Encoder::with_schema_id(7), store).expect("processor");
+        let mut p = Harness::new(processor(&config(), store.clone()));
         let t = now_ms();
         let mut r = reading("V-QUIET", t);
         r.position = Position::new(4.6, -74.0);
-        feed(&mut p, 0, r, &mut Outputs::new()).await.expect("ok");
-        let err = p.on_tick(t, &mut Outputs::new()).await;
+        feed(&mut p, 0, r).await.expect("ok");
+        let err = p.commit().await;
         assert!(matches!(err, Err(ProcessError::Transient(_))), "{err:?}");
         assert!(
-            p.store
+            store
                 .vehicle_state("V-QUIET", t)
                 .await
                 .expect("read")
                 .is_none()
         );
-        p.on_tick(t + 1, &mut Outputs::new())
-            .await
-            .expect("store back");
+        p.commit().await.expect("store back");
         assert!(
-            p.store
+            store
                 .vehicle_state("V-QUIET", t)
                 .await
                 .expect("read")
@@ -700,90 +637,130 @@ mod tests {
         );
     }
 
+    /// A failed window write aborts the batch: its inputs come again and close the same
+    /// window, which is written; a restart from the committed state emits it no more.
     #[tokio::test]
     async fn a_failed_store_write_never_drops_a_closed_window() {
         let dir = tempfile::tempdir().expect("tmp");
-        let url = format!("sqlite://{}/s.db", dir.path().display());
-        let failures = Arc::new(AtomicUsize::new(1));
-        let store = Flaky {
-            inner: Store::open(&url, StoreOptions::default())
-                .await
-                .expect("store"),
-            failures_left: failures.clone(),
-            state_failures_left: Arc::new(AtomicUsize::new(0)),
-        };
+        let store = flaky(&dir, 1).await;
         let config = TelemetryConfig {
-            input_topic: "in".into(),
-            windows_topic: "windows".into(),
             allowed_lateness: Duration::from_secs(0),
-            ..Default::default()
+            ..config()
         };
-        let mut p =
-            Telemetry::new(&config, "g", Encoder::with_schema_id(7), store).expect("processor");
-        let mut out = Outputs::new();
+        let mut p = Harness::new(processor(&config, store.clone()));
         // Window [0, 60 s) gets two readings (offsets 10 and 11); offset 12 at 61 s closes it.
-        feed(&mut p, 10, reading("V", 1_000), &mut out)
-            .await
-            .expect("ok");
-        feed(&mut p, 11, reading("V", 2_000), &mut out)
-            .await
-            .expect("ok");
-        assert_eq!(
-            p.hold("in", 0),
-            Some(10),
-            "the open window holds its first offset"
-        );
-        let err = feed(&mut p, 12, reading("V", 61_000), &mut out)
-            .await
-            .expect_err("injected");
+        let batch = [
+            (10, reading("V", 1_000)),
+            (11, reading("V", 2_000)),
+            (12, reading("V", 61_000)),
+        ];
+        let mut first = Vec::new();
+        for (o, r) in &batch {
+            first.extend(decode(&feed(&mut p, *o, r.clone()).await.expect("ok")).await);
+        }
+        assert_eq!(first.len(), 1);
+        let err = p.commit().await.expect_err("injected");
         assert!(matches!(err, ProcessError::Transient(_)));
-        assert_eq!(
-            p.hold("in", 0),
-            Some(10),
-            "the unemitted window still holds its offset"
-        );
-        // The runtime clears the outputs and retries the same input: the window is emitted.
-        out = Outputs::new();
-        feed(&mut p, 12, reading("V", 61_000), &mut out)
-            .await
-            .expect("retry succeeds");
-        let dec = Decoder::<WindowAggregate>::offline(&[7]);
-        let emitted: Vec<WindowAggregate> = {
-            let mut v = Vec::new();
-            for (topic, key, payload) in out.iter() {
-                assert_eq!((topic, key), ("windows", &b"V"[..]));
-                v.push(dec.decode(payload).await.expect("window"));
-            }
-            v
+        // The runtime aborts the batch and feeds its inputs again.
+        p.abort();
+        let mut again = Vec::new();
+        for (o, r) in &batch {
+            again.extend(decode(&feed(&mut p, *o, r.clone()).await.expect("ok")).await);
+        }
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].event_id, first[0].event_id);
+        assert_eq!((again[0].window_start, again[0].count), (0, 2));
+        p.commit().await.expect("commit");
+        let rows = store.windows("V", 0, 60_000, now_ms()).await.expect("read");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].count, 2);
+        // A restart resumes from the committed state: the window is not emitted again, and
+        // the open window [60 s, 120 s) goes on with its reading.
+        p.restart(processor(&config, store.clone()));
+        let out = feed(&mut p, 13, reading("V", 62_000)).await.expect("ok");
+        assert!(out.is_empty());
+        let out = feed(&mut p, 14, reading("V", 121_000)).await.expect("ok");
+        let w = decode(&out).await;
+        assert_eq!(w.len(), 1);
+        assert_eq!((w[0].window_start, w[0].count), (60_000, 2));
+    }
+
+    /// A restart in the middle of a window neither loses the readings before it nor counts
+    /// any twice: the window comes out as in an undisturbed run.
+    #[tokio::test]
+    async fn a_restart_mid_window_resumes_its_aggregate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = flaky(&dir, 0).await;
+        let config = TelemetryConfig {
+            allowed_lateness: Duration::from_secs(0),
+            idle_timeout: Duration::from_secs(3600),
+            ..config()
         };
-        assert_eq!(emitted.len(), 1);
-        assert_eq!((emitted[0].window_start, emitted[0].count), (0, 2));
-        assert_eq!(failures.load(Ordering::SeqCst), 0);
-        // Until its outputs are durable the closed window holds offset 10 (as do the buffered
-        // vehicle states until the tick writes them); afterwards the hold moves to the open
-        // window [60 s, 120 s) that starts at offset 12.
-        p.on_tick(now_ms(), &mut Outputs::new())
-            .await
-            .expect("tick writes the states");
-        assert_eq!(p.hold("in", 0), Some(10));
-        p.on_durable("in", 0, 13).await.expect("durable");
-        assert_eq!(p.hold("in", 0), Some(12));
-        // The frontier is saved: a restarted processor skips re-read records of that window.
-        assert_eq!(
-            p.store.load_frontier("g", "in", 0).await.expect("read"),
-            Some(61_000)
+        let input: Vec<TelemetryReading> =
+            (0..13).map(|i| reading("V", 1_000 + i * 5_000)).collect();
+        let mut whole = Harness::new(processor(&config, store.clone()));
+        let mut expected = Vec::new();
+        for (i, r) in input.iter().enumerate() {
+            expected
+                .extend(decode(&feed(&mut whole, i as i64, r.clone()).await.expect("ok")).await);
+        }
+        let mut p = Harness::new(processor(&config, store.clone()));
+        let mut got = Vec::new();
+        for (i, r) in input.iter().enumerate().take(6) {
+            got.extend(decode(&feed(&mut p, i as i64, r.clone()).await.expect("ok")).await);
+        }
+        p.commit().await.expect("commit");
+        // Two more readings, lost with the crash before the next commit.
+        for (i, r) in input.iter().enumerate().skip(6).take(2) {
+            feed(&mut p, i as i64, r.clone()).await.expect("ok");
+        }
+        p.restart(processor(&config, store.clone()));
+        for (i, r) in input.iter().enumerate().skip(6) {
+            got.extend(decode(&feed(&mut p, i as i64, r.clone()).await.expect("ok")).await);
+        }
+        let strip = |v: Vec<WindowAggregate>| {
+            v.into_iter()
+                .map(|mut w| {
+                    w.ingest_time = 0;
+                    w
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(expected.len(), 1);
+        assert_eq!(expected[0].count, 12);
+        assert_eq!(strip(got), strip(expected));
+    }
+
+    /// An idle partition's last window closes on the tick, also after a restart.
+    #[tokio::test]
+    async fn an_idle_partition_closes_its_last_window_on_the_tick() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = flaky(&dir, 0).await;
+        let config = TelemetryConfig {
+            idle_timeout: Duration::from_secs(60),
+            ..config()
+        };
+        let mut p = Harness::new(processor(&config, store.clone()));
+        let t = now_ms() - 3_600_000;
+        let mut r = reading("V", t);
+        r.position = Position::new(4.6, -74.0);
+        feed(&mut p, 0, r).await.expect("ok");
+        p.commit().await.expect("commit");
+        p.restart(processor(&config, store.clone()));
+        let now = now_ms();
+        assert!(
+            p.tick(now).await.expect("tick").is_empty(),
+            "the first tick after a restore restarts the idle clock"
         );
-        let mut restarted =
-            Telemetry::new(&config, "g", Encoder::with_schema_id(7), p.store).expect("processor");
-        let mut out = Outputs::new();
-        feed(&mut restarted, 10, reading("V", 1_000), &mut out)
-            .await
-            .expect("skipped");
-        feed(&mut restarted, 11, reading("V", 2_000), &mut out)
-            .await
-            .expect("skipped");
-        assert_eq!(restarted.skipped_replays, 2);
-        assert!(out.is_empty(), "no partial copy of the emitted window");
+        let w = decode(&p.tick(now + 200_000).await.expect("tick")).await;
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].count, 1);
+        p.commit().await.expect("commit");
+        assert_eq!(
+            p.state("in", 0).map(State::len),
+            Some(1),
+            "only the partition's clock is left"
+        );
     }
 
     /// One truck whose clock is 4 minutes fast among honest ones: the honest vehicles' windows
@@ -794,40 +771,37 @@ mod tests {
             let dir = tempfile::tempdir().expect("tmp");
             let store = flaky(&dir, 0).await;
             let config = TelemetryConfig {
-                input_topic: "in".into(),
-                windows_topic: "windows".into(),
                 idle_timeout: Duration::from_secs(3600),
-                ..Default::default()
+                ..config()
             };
-            let mut p =
-                Telemetry::new(&config, "g", Encoder::with_schema_id(7), store).expect("processor");
-            let mut out = Outputs::new();
+            let mut p = Harness::new(processor(&config, store));
+            let mut windows = Vec::new();
             let mut offset = 0;
             for t in (0..300_000i64).step_by(1_000) {
                 for v in ["A", "B", "C"] {
                     let mut r = reading(v, t);
                     r.ingest_time = t + 50;
-                    feed(&mut p, offset, r, &mut out)
+                    let out = feed(&mut p, offset, r)
                         .await
                         .unwrap_or_else(|e| panic!("{v} at {t}: {e:?}"));
+                    windows.extend(decode(&out).await);
                     offset += 1;
                 }
                 if with_fast {
                     let mut r = reading("FAST", t + 240_000);
                     r.ingest_time = t + 60;
-                    feed(&mut p, offset, r, &mut out).await.expect("fast");
+                    windows.extend(decode(&feed(&mut p, offset, r).await.expect("fast")).await);
                     offset += 1;
                 }
             }
-            let dec = Decoder::<WindowAggregate>::offline(&[7]);
-            let mut windows = Vec::new();
-            for (_, _, payload) in out.iter() {
-                let mut w = dec.decode(payload).await.expect("window");
-                if w.vehicle_id != "FAST" {
+            let mut windows: Vec<WindowAggregate> = windows
+                .into_iter()
+                .filter(|w| w.vehicle_id != "FAST")
+                .map(|mut w| {
                     w.ingest_time = 0;
-                    windows.push(w);
-                }
-            }
+                    w
+                })
+                .collect();
             windows.sort_by(|a, b| {
                 (&a.vehicle_id, a.window_start).cmp(&(&b.vehicle_id, b.window_start))
             });
@@ -839,27 +813,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn late_and_invalid_readings_are_poison() {
+    async fn late_invalid_and_reserved_readings_are_poison() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = flaky(&dir, 0).await;
         let config = TelemetryConfig {
-            input_topic: "in".into(),
             allowed_lateness: Duration::from_secs(5),
-            ..Default::default()
+            ..config()
         };
-        let mut p =
-            Telemetry::new(&config, "g", Encoder::with_schema_id(7), store).expect("processor");
-        let mut out = Outputs::new();
-        feed(&mut p, 1, reading("V", 130_000), &mut out)
-            .await
-            .expect("ok");
-        let late = feed(&mut p, 2, reading("V", 10_000), &mut out)
+        let mut p = Harness::new(processor(&config, store));
+        feed(&mut p, 1, reading("V", 130_000)).await.expect("ok");
+        let late = feed(&mut p, 2, reading("V", 10_000))
             .await
             .expect_err("late");
         assert!(matches!(late, ProcessError::Poison { reason: "late", .. }));
         let mut bad = reading("V", 131_000);
         bad.position.lat = 95.0;
-        let invalid = feed(&mut p, 3, bad, &mut out).await.expect_err("invalid");
+        let invalid = feed(&mut p, 3, bad).await.expect_err("invalid");
         assert!(matches!(
             invalid,
             ProcessError::Poison {
@@ -867,5 +836,20 @@ mod tests {
                 ..
             }
         ));
+        for id in ["", PARTITION_KEY] {
+            let err = feed(&mut p, 4, reading(id, 131_000))
+                .await
+                .expect_err("reserved");
+            assert!(
+                matches!(
+                    err,
+                    ProcessError::Poison {
+                        reason: "invalid_vehicle_id",
+                        ..
+                    }
+                ),
+                "{id:?}: {err:?}"
+            );
+        }
     }
 }

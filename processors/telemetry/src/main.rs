@@ -1,4 +1,5 @@
-//! `telemetry-processor`: see the library docs for inputs, outputs and the delivery guarantee.
+//! `telemetry-processor`: see the library docs for inputs, outputs and the delivery guarantee
+//! (the state runtime: `runner.processing_guarantee` chooses exactly once or at least once).
 
 use anyhow::Context;
 use fleet_runtime::kafka::ProducerProfile;
@@ -30,10 +31,10 @@ async fn main() -> anyhow::Result<()> {
         .encoder::<WindowAggregate>(&config.app.windows_topic)
         .await
         .context("registering the WindowAggregate schema")?;
-    let processor = Telemetry::new(&config.app, &runtime.group_id(), encoder, store)?;
+    let processor = Telemetry::new(&config.app, encoder, store)?;
     // The run loop logs its summary when it stops.
     runtime
-        .run(processor, &[config.app.input_topic.as_str()], token)
+        .run_stateful(processor, &[config.app.input_topic.as_str()], token)
         .await?;
     Ok(())
 }
