@@ -10,10 +10,12 @@
 # browser, no network needed), checks that the HTML renders its plots in headless Chromium
 # (screenshot: target/fleet-demo/report.png), and stops everything it started.
 #
-#   scripts/demo.sh [--rate N] [--duration S] [--vehicles V] [--state URL] [--keep]
+#   scripts/demo.sh [--rate N] [--duration S] [--vehicles V] [--state URL]
+#                   [--guarantee at_least_once|exactly_once] [--keep]
 #     defaults: --rate 5000 --duration 60 --vehicles 10000
 #     --state  the processors' state store: default a fresh SQLite file; scylla://HOST:PORT/KS
 #              keeps it in Cassandra (the stack's, started with --cql: scylla://127.0.0.1:9042/fleet_demo)
+#     --guarantee  runner.processing_guarantee of telemetry-, anomaly- and emergency-processor
 #     --keep   leave the stack running afterwards (scripts/stack.sh down stops it)
 # Exit status 0 only if the audit passed (nothing lost, every alert and notification there).
 set -euo pipefail
@@ -26,6 +28,7 @@ rate=5000
 duration=60
 keep=0
 state=()
+guarantee=()
 stack_opts=()
 while (($#)); do
   case $1 in
@@ -37,7 +40,8 @@ while (($#)); do
       state=(--state "$2")
       [[ "$2" == scylla://* ]] && stack_opts=(--cql)
       shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --guarantee) guarantee=(--guarantee "$2"); shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -61,7 +65,7 @@ mkdir -p "$out"
 log "demo: $vehicles vehicles, $rate readings/s for ${duration}s over MQTT through the whole pipeline"
 status=0
 "$CARGO_TARGET_DIR/release/fleet-loadtest" demo --rate "$rate" --duration "$duration" \
-  --vehicles "$vehicles" --emergency-every $((rate * 2)) "${state[@]}" --out "$out" \
+  --vehicles "$vehicles" --emergency-every $((rate * 2)) "${state[@]}" "${guarantee[@]}" --out "$out" \
   >"$out/stdout.json" || status=$?
 if [[ ! -f "$out/report.json" ]]; then
   die "the demo did not write a report (exit $status)"

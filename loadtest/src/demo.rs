@@ -227,6 +227,7 @@ fn start_pipeline(
     (anomalies, windows, profiles): (&str, &str, &str),
     state_url: &str,
     lake_url: &str,
+    guarantee: &str,
 ) -> anyhow::Result<()> {
     let state_url = state_url.to_owned();
     let lake_url = lake_url.to_owned();
@@ -241,7 +242,7 @@ fn start_pipeline(
     let emergency_port = free_port();
     procs.push(Proc {
         name: "emergency-processor",
-        child: start_emergency(t, emergency_port, &state_url)?,
+        child: start_emergency(t, emergency_port, &state_url, guarantee)?,
         port: emergency_port,
     });
     let common = |group: &str| {
@@ -249,6 +250,7 @@ fn start_pipeline(
             ("FLEET_STATE_URL", state_url.clone()),
             ("FLEET__RUNNER__DLQ_TOPIC", t.dlq.clone()),
             ("FLEET__KAFKA__GROUP_ID", testkit::random_name(group)),
+            ("FLEET__RUNNER__PROCESSING_GUARANTEE", guarantee.to_owned()),
         ]
     };
     let mut env = common("demo.telemetry");
@@ -280,6 +282,8 @@ fn start_pipeline(
         free_port(),
     )?);
     let mut env = common("demo.lake");
+    // lake-sink keeps its own exactly-once protocol (its position lives in the lake).
+    env.retain(|(k, _)| *k != "FLEET__RUNNER__PROCESSING_GUARANTEE");
     env.extend([
         ("FLEET_LAKE_URL", lake_url.clone()),
         ("FLEET__APP__TOPICS", format!("[\"{}\"]", t.telemetry)),
@@ -302,6 +306,8 @@ pub(crate) struct DemoArgs {
     /// (not external) The processors' state store; `None`: a fresh SQLite file under `out`.
     /// A `scylla://` URL runs the demo with its state in Cassandra/ScyllaDB (`demo.sh --state`).
     pub(crate) state: Option<String>,
+    /// (not external) `runner.processing_guarantee` of the stateful processors.
+    pub(crate) guarantee: String,
     pub(crate) out: PathBuf,
 }
 
@@ -334,6 +340,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
         transport,
         external,
         state,
+        guarantee,
         out,
     } = a;
     if vehicles < 4 {
@@ -438,6 +445,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<DemoReport> {
             (&anomalies, &windows, &profiles),
             &state_url,
             &lake_url,
+            &guarantee,
         )?;
     }
     let mut not_ready = None;

@@ -187,6 +187,10 @@ enum Scenario {
         /// scylla://127.0.0.1:9042/fleet_demo; default: a fresh SQLite file under --out.
         #[arg(long)]
         state: Option<String>,
+        /// (without --external) runner.processing_guarantee of the stateful processors
+        /// (telemetry, anomaly, emergency): at_least_once or exactly_once.
+        #[arg(long, default_value = "at_least_once")]
+        guarantee: String,
         /// (--external) Lake lake-sink writes.
         #[arg(long, env = "FLEET_LAKE_URL", default_value = "s3://fleet-lake/lake")]
         lake_url: String,
@@ -704,6 +708,7 @@ async fn main() -> anyhow::Result<()> {
             profiles_topic,
             state_url,
             state,
+            guarantee,
             lake_url,
             mqtt_prefix,
             metrics,
@@ -734,6 +739,7 @@ async fn main() -> anyhow::Result<()> {
                 transport,
                 external,
                 state,
+                guarantee,
                 out: out.clone(),
             })
             .await?;

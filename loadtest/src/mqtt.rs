@@ -231,6 +231,7 @@ pub(crate) fn start_emergency(
     t: &Topics,
     http_port: u16,
     state_url: &str,
+    guarantee: &str,
 ) -> anyhow::Result<Child> {
     let bin = std::env::current_exe()?.with_file_name("emergency-processor");
     if !bin.exists() {
@@ -253,6 +254,7 @@ pub(crate) fn start_emergency(
             testkit::random_name("load.emergency"),
         )
         .env("FLEET__KAFKA__CREATE_TOPICS", "false")
+        .env("FLEET__RUNNER__PROCESSING_GUARANTEE", guarantee)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
@@ -742,7 +744,7 @@ pub(crate) async fn run(
         Some(port) => {
             std::fs::create_dir_all(&state_dir)?;
             let url = format!("sqlite://{}/state.db", state_dir.display());
-            Some(start_emergency(&t, port, &url)?)
+            Some(start_emergency(&t, port, &url, "at_least_once")?)
         }
         None => None,
     };

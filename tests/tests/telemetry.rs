@@ -1,7 +1,8 @@
-//! telemetry-processor against the local stack: two runs over the same live input, one
-//! undisturbed and one killed with SIGKILL three times mid-stream, must emit the same windows
-//! (no window lost, nothing double-counted), and `vehicle_state` must hold each vehicle's
-//! latest reading.
+//! telemetry-processor against the local stack: runs over the same live input, one
+//! undisturbed and two killed with SIGKILL three times mid-stream (at least once and exactly
+//! once), must emit the same windows (no window lost, nothing double-counted; exactly once:
+//! no window emitted twice to a `read_committed` reader), and `vehicle_state` must hold each
+//! vehicle's latest reading.
 #![cfg(feature = "stack")]
 
 use std::collections::{BTreeMap, HashMap};
@@ -183,22 +184,35 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
     let dir = tempfile_dir();
     let steady = Run::new(input, dlq, &dir, "steady").await;
     let crashy = Run::new(input, dlq, &dir, "crashy").await;
+    // The same, exactly once: its read_committed reader must see every window once.
+    let mut exact = Run::new(input, dlq, &dir, "exact").await;
+    exact
+        .env
+        .push(("FLEET__RUNNER__PROCESSING_GUARANTEE", "exactly_once".into()));
     let steady_tail = TopicTail::start(&steady.windows_topic);
     let crashy_tail = TopicTail::start(&crashy.windows_topic);
+    let exact_tail = TopicTail::start(&exact.windows_topic);
     let a = steady.start();
     assert!(wait_ready(&a).await, "steady run ready");
 
-    // The input arrives over ~20 s; the second run is killed three times meanwhile.
+    // The input arrives over ~20 s; the other runs are killed three times meanwhile.
     let producer = live.produce_paced();
     let mut kills = 0;
     for round in 0..3u64 {
         let p = crashy.start();
+        let q = exact.start();
         assert!(wait_progress(&p).await, "round {round}: no progress");
+        assert!(
+            wait_progress(&q).await,
+            "round {round}: no progress (exactly once)"
+        );
         tokio::time::sleep(Duration::from_millis(400 + round * 300)).await;
         p.kill9();
+        q.kill9();
         kills += 1;
     }
     let b = crashy.start();
+    let c = exact.start();
     producer.await.expect("producer");
 
     let want = expected_windows.len();
@@ -212,6 +226,11 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
     while wb.len() < want && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         (wb, copies_b) = windows(registry, &crashy_tail).await;
+    }
+    let (mut wc, mut copies_c) = windows(registry, &exact_tail).await;
+    while wc.len() < want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (wc, copies_c) = windows(registry, &exact_tail).await;
     }
     let (wa, copies_a) = windows(registry, &steady_tail).await;
     assert_eq!(
@@ -228,6 +247,11 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
             "window {id} differs after {kills} kills"
         );
     }
+    assert_eq!(
+        wc, wa,
+        "exactly once, killed {kills} times: the undisturbed run's windows"
+    );
+    assert_eq!(copies_c, want, "exactly once: no window emitted twice");
     let total: i64 = wa.values().map(|w| w.count).sum();
     assert_eq!(
         total as usize,
@@ -265,6 +289,10 @@ async fn sigkill_mid_stream_loses_no_window_and_double_counts_nothing() {
     );
     assert!(
         b.terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    assert!(
+        c.terminate(Duration::from_secs(30))
             .is_some_and(|s| s.success())
     );
 }
