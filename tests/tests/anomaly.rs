@@ -4,9 +4,10 @@
 //! planned route and an e-mail owner contact), a malformed profile record is put on the
 //! profiles topic, and a dataset with known incidents flows into a fresh telemetry topic:
 //! a temperature excursion, overspeed, a route deviation with overspeed (correlated ->
-//! critical), an impact, a device going silent. Two runs consume it: one undisturbed, one
-//! killed with SIGKILL three times mid-stream. Both must emit the same set of anomalies (by
-//! `event_id`, every copy identical), the expected ones, and the critical ones as emergencies.
+//! critical), an impact, a device going silent. Three runs consume it: one undisturbed, two
+//! killed with SIGKILL three times mid-stream (at least once, exactly once). All must emit the
+//! same set of anomalies (by `event_id`, every copy identical; exactly once: one copy each),
+//! the expected ones, and the critical ones as emergencies.
 #![cfg(feature = "stack")]
 
 use std::collections::BTreeMap;
@@ -257,8 +258,14 @@ async fn known_incidents_raise_the_same_alerts_with_and_without_sigkill() {
 
     let steady = Run::new(&input, &profiles, &dlq, &dir, "steady").await;
     let crashy = Run::new(&input, &profiles, &dlq, &dir, "crashy").await;
+    // The same, exactly once: its read_committed reader must see every transition once.
+    let mut exact = Run::new(&input, &profiles, &dlq, &dir, "exact").await;
+    exact
+        .env
+        .push(("FLEET__RUNNER__PROCESSING_GUARANTEE", "exactly_once".into()));
     let steady_tail = TopicTail::start(&steady.anomalies);
     let crashy_tail = TopicTail::start(&crashy.anomalies);
+    let exact_tail = TopicTail::start(&exact.anomalies);
     let emerg_tail = TopicTail::start(&crashy.emergencies);
     let notif_tail = TopicTail::start(&steady.notifications);
     let dlq_tail = TopicTail::start(&dlq);
@@ -272,11 +279,18 @@ async fn known_incidents_raise_the_same_alerts_with_and_without_sigkill() {
     };
     for round in 0..3u64 {
         let p = crashy.start();
+        let q = exact.start();
         assert!(wait_progress(&p).await, "round {round}: no progress");
+        assert!(
+            wait_progress(&q).await,
+            "round {round}: no progress (exactly once)"
+        );
         tokio::time::sleep(Duration::from_millis(1_200 + round * 500)).await;
         p.kill9();
+        q.kill9();
     }
     let b = crashy.start();
+    let c = exact.start();
     producer.await.expect("producer");
 
     // The steady run's result, once it stops growing.
@@ -307,6 +321,16 @@ async fn known_incidents_raise_the_same_alerts_with_and_without_sigkill() {
         "the killed run raised and cleared exactly the same alerts"
     );
     assert_eq!(got, want);
+    let (mut exact_got, mut copies_c) = anomalies(&registry, &exact_tail).await;
+    while exact_got.len() < want.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (exact_got, copies_c) = anomalies(&registry, &exact_tail).await;
+    }
+    assert_eq!(
+        exact_got, want,
+        "exactly once, killed 3 times: the same alerts"
+    );
+    assert_eq!(copies_c, want.len(), "exactly once: no alert emitted twice");
     eprintln!(
         "anomaly kill -9 x3: {} anomalies, identical to the undisturbed run; {copies_b} copies emitted ({} re-emitted with the same id)",
         want.len(),
@@ -400,7 +424,7 @@ async fn known_incidents_raise_the_same_alerts_with_and_without_sigkill() {
     }
     assert!(found, "the malformed profile was dead-lettered");
 
-    for p in [a, b] {
+    for p in [a, b, c] {
         assert!(
             p.terminate(Duration::from_secs(30))
                 .is_some_and(|s| s.success())

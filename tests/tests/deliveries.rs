@@ -251,13 +251,24 @@ async fn deliveries_complete_and_notify_the_same_with_and_without_sigkill() {
 
     let steady = Run::new(&deliveries, &telemetry, &dir, "steady").await;
     let crashy = Run::new(&deliveries, &telemetry, &dir, "crashy").await;
+    // The same, exactly once: its read_committed reader must see every notification once.
+    let mut exact = Run::new(&deliveries, &telemetry, &dir, "exact").await;
+    exact
+        .env
+        .push(("FLEET__RUNNER__PROCESSING_GUARANTEE", "exactly_once".into()));
     let steady_tail = TopicTail::start(&steady.notifications);
     let crashy_tail = TopicTail::start(&crashy.notifications);
+    let exact_tail = TopicTail::start(&exact.notifications);
     let dlq_tail = TopicTail::start(&steady.dlq);
-    let tele = [steady.start_telemetry(), crashy.start_telemetry()];
+    let tele = [
+        steady.start_telemetry(),
+        crashy.start_telemetry(),
+        exact.start_telemetry(),
+    ];
     let a = steady.start();
     let mut b = crashy.start();
-    for p in tele.iter().chain([&a, &b]) {
+    let mut c = exact.start();
+    for p in tele.iter().chain([&a, &b, &c]) {
         assert!(wait_ready(p).await, "process ready");
     }
     testkit::populate_topic(&deliveries, &drecords).await;
@@ -277,8 +288,11 @@ async fn deliveries_complete_and_notify_the_same_with_and_without_sigkill() {
     for delay in [2_000u64, 1_500] {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         b.kill9();
+        c.kill9();
         b = crashy.start();
+        c = exact.start();
         assert!(wait_ready(&b).await, "restarted");
+        assert!(wait_ready(&c).await, "restarted (exactly once)");
     }
     producer.await.expect("producer");
 
@@ -288,8 +302,10 @@ async fn deliveries_complete_and_notify_the_same_with_and_without_sigkill() {
         + 2 /* late, overdue */ + 1 /* DLV-008 delivered */ + 1 /* DLV-009 cancelled */;
     settle(&steady_tail, expected).await;
     settle(&crashy_tail, expected).await;
+    settle(&exact_tail, expected).await;
     let (want, copies_a) = notifications(&steady_tail).await;
     let (got, copies_b) = notifications(&crashy_tail).await;
+    let (exact_got, copies_c) = notifications(&exact_tail).await;
     assert_eq!(
         copies_a,
         want.len(),
@@ -318,13 +334,18 @@ async fn deliveries_complete_and_notify_the_same_with_and_without_sigkill() {
         "{want:#?}"
     );
     assert_eq!(got, want, "the killed run told exactly the same changes");
+    assert_eq!(
+        exact_got, want,
+        "exactly once, killed twice: the same changes"
+    );
+    assert_eq!(copies_c, want.len(), "exactly once: no notification twice");
     eprintln!(
         "notifications: {} distinct; copies undisturbed {copies_a}, killed twice {copies_b}",
         want.len()
     );
 
     // The deliveries table of both runs.
-    for run in [&steady, &crashy] {
+    for run in [&steady, &crashy, &exact] {
         let store = Store::open(&run.state_url, StoreOptions::default())
             .await
             .expect("state");
@@ -370,7 +391,7 @@ async fn deliveries_complete_and_notify_the_same_with_and_without_sigkill() {
     assert_eq!(dls[0].original.as_deref(), Some(&b"not avro at all"[..]));
     assert_eq!(dls[0].source_topic, deliveries);
 
-    for p in tele.into_iter().chain([a, b]) {
+    for p in tele.into_iter().chain([a, b, c]) {
         let status = p
             .terminate(Duration::from_secs(20))
             .expect("stops on SIGTERM");
